@@ -44,7 +44,9 @@ class JobSpec:
     """One job as submitted: a verb with controller-parsed arguments, aimed at some agents.
 
     `parent` groups jobs that run in order on each agent; a failure skips the rest of the
-    parent on that agent only.  `targets` empty means every active agent.
+    parent on that agent only.  Jobs of ordinary parents share one serial queue per agent
+    (arrival order); an `async_parent` gets its own worker and runs beside the others.
+    `targets` empty means every active agent.
     """
 
     verb: str
@@ -55,6 +57,7 @@ class JobSpec:
     timeout: float | None = None
     blobs: list[str] = field(default_factory=list)  # sha256 of content the agent must fetch first
     label: str = ""  # a human name for listings (the original orchestration line)
+    async_parent: bool = False  # run this parent beside others instead of in the agent's serial queue
 
     def to_wire(self) -> dict[str, Any]:
         return asdict(self)

@@ -31,6 +31,7 @@ class Kind(str, enum.Enum):
     HELLO = "hello"
     HEARTBEAT = "heartbeat"
     RESULT = "result"
+    QUERY_VALUE = "query_value"
     BLOB_REQUEST = "blob_request"
     # server -> agent
     WELCOME = "welcome"
@@ -40,6 +41,7 @@ class Kind(str, enum.Enum):
     # client -> server (control socket)
     SUBMIT = "submit"
     BLOB_PUT = "blob_put"
+    BLOB_HAS = "blob_has"
     NODES = "nodes"
     JOBS = "jobs"
     JOB_INFO = "job_info"
@@ -48,6 +50,7 @@ class Kind(str, enum.Enum):
     WATCH = "watch"
     # server -> client
     REPLY = "reply"
+    EVENT = "event"  # a result pushed to a client that watches the job
     # either way
     ERROR = "error"
 
@@ -97,7 +100,7 @@ def unpack(frame: bytes, *, max_bytes: int = MAX_FRAME_BYTES) -> Message:
     if len(frame) > max_bytes:
         raise ProtocolError(f"frame of {len(frame)} bytes exceeds the {max_bytes}-byte limit")
     try:
-        raw = msgpack.unpackb(frame, raw=False, strict_map_key=True, max_buffer_size=max_bytes)
+        raw = msgpack.unpackb(frame, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several unrelated types for garbage input
         raise ProtocolError(f"not msgpack: {exc.__class__.__name__}: {exc}") from None
     if not isinstance(raw, dict):

@@ -54,8 +54,8 @@ class _AllowList:
     def replace(self, public_keys: Iterable[str]) -> None:
         self._allowed = frozenset(k.encode() for k in public_keys)
 
-    def callback(self, domain: str, key: bytes) -> bool:
-        return zmq.utils.z85.encode(key) in self._allowed
+    def callback(self, domain: str, z85_key: bytes) -> bool:
+        return z85_key in self._allowed
 
 
 class ServerTransport:
@@ -174,7 +174,6 @@ class DealerConnection:
         socket.setsockopt(zmq.RCVHWM, 0)
         socket.setsockopt(zmq.RECONNECT_IVL, 100)
         socket.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
-        socket.setsockopt(zmq.IMMEDIATE, 1)
         if self._server_public is not None and self._keypair is not None:
             public, secret = self._keypair
             socket.curve_serverkey = self._server_public.encode()
@@ -186,10 +185,18 @@ class DealerConnection:
         self._poller.register(socket, zmq.POLLIN)
         self._poller.register(self._outbox, zmq.POLLIN)
 
-    def send(self, frame: bytes) -> None:
-        """Send now; only from the owning thread.  Queued by ZeroMQ while disconnected."""
+    def send(self, frame: bytes) -> bool:
+        """Send now, from the owning thread only; False when the frame could not be queued.
+
+        ZeroMQ queues frames while the peer is away; callers recover anything that matters
+        (results, requests) through their own resend logic, never by blocking here.
+        """
         assert self._socket is not None
-        self._socket.send(frame, copy=len(frame) < 65536)
+        try:
+            self._socket.send(frame, zmq.NOBLOCK, copy=len(frame) < 65536)
+        except zmq.Again:
+            return False
+        return True
 
     def post(self, frame: bytes) -> None:
         """Queue a frame for sending from any thread."""

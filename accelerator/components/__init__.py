@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from accelerator.components.ansible import Ansible
 from accelerator.components.arg import Arg, Env
 from accelerator.components.base import Component, ComponentError
+from accelerator.components.copy import Add, Copy
+from accelerator.components.pkg import Pkg
 from accelerator.components.query import Query
 from accelerator.components.run import Run
+from accelerator.components.service import Service
+from accelerator.components.wait import Wait
 
 REGISTRY: dict[str, type[Component]] = {
     component.verb: component
-    for component in (Run, Arg, Env, Query)
+    for component in (Run, Arg, Env, Query, Copy, Add, Wait, Service, Pkg, Ansible)
 }
 
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import abc
 import argparse
-import hashlib
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
+from accelerator.blobs import sha256_of as sha256_file  # re-exported for components
 from accelerator.model import JobResult
 
 
@@ -124,14 +124,6 @@ class Component(abc.ABC):
     @abc.abstractmethod
     def execute(self, args: dict[str, Any], ctx: ExecContext) -> JobResult:
         """Run on the agent; must not raise for expected failures (return a FAILED result)."""
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def key_value_pairs(items: list[str] | None, verb: str, flag: str) -> dict[str, str]:
