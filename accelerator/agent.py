@@ -122,7 +122,7 @@ class Agent:
         self._busy = 0
         self._last_work = time.monotonic()
         self._last_heard = time.monotonic()
-        self._welcomed = False
+        self._server_expiry = 10.0  # replaced by the server's own figure in WELCOME
         self._running = False
         self._zygote: Any = None
         self._jinja: Any = None
@@ -166,7 +166,7 @@ class Agent:
     def _beat(self, now: float) -> None:
         """Heartbeat; reconnect when the server has been silent too long; exit when idle."""
         silent_for = now - self._last_heard
-        if silent_for > max(5 * self.config.heartbeat_interval, 3.0):
+        if silent_for > self._server_expiry:
             log.warning("no word from the server for %.1f s; reconnecting", silent_for)
             self.connection.connect()
             self._last_heard = now
@@ -180,7 +180,6 @@ class Agent:
             self.stop()
 
     def hello(self) -> None:
-        self._welcomed = False
         self.connection.send(Message(Kind.HELLO, {
             "name": self.config.name,
             "session": self.session,
@@ -201,7 +200,9 @@ class Agent:
             log.warning("dropped a message from the server: %s", exc)
 
     def on_welcome(self, msg: Message) -> None:
-        self._welcomed = True
+        expiry = msg.data.get("expiry")
+        if isinstance(expiry, (int, float)) and expiry > 0:
+            self._server_expiry = float(expiry)
         log.info("connected to %s as %s", self.config.server, msg.data.get("name"))
         with self._lock:
             pending = list(self._queries.items())
@@ -221,7 +222,7 @@ class Agent:
     def on_job(self, msg: Message) -> None:
         spec = JobSpec.from_wire(require(msg, "spec", dict))
         if spec.id in self._accepted:
-            return  # queued or running here; its result will come
+            return  # queued or running in this process; its result will come
         seen = self.journal.lookup(spec.id)
         if seen is not None:
             entry, result = seen
@@ -263,7 +264,8 @@ class Agent:
             self._execute(spec)
 
     def _execute(self, spec: JobSpec) -> None:
-        self._busy += 1
+        with self._lock:
+            self._busy += 1
         try:
             if spec.parent in self._failed_parents:
                 result = JobResult(state=JobState.SKIPPED, started=time.time(), ended=time.time(),
@@ -276,7 +278,10 @@ class Agent:
             self.journal.finish(spec.id, result)
             self._post_result(spec.id, result)
         finally:
-            self._busy -= 1
+            # From here on a resend of this id is answered from the journal.
+            self._accepted.discard(spec.id)
+            with self._lock:
+                self._busy -= 1
             self._last_work = time.monotonic()
 
     def _run_component(self, spec: JobSpec) -> JobResult:

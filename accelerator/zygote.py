@@ -305,26 +305,30 @@ def _script_argv(interpreter: list[str], script: Path, python: str) -> list[str]
 
 
 def _run_process(argv: list[str], request: Mapping[str, Any], timeout: float | None) -> RunOutcome:
-    try:
-        process = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=request.get("cwd") or None,
-            env={**os.environ, **(request.get("env") or {})},
-            start_new_session=True,  # own process group, so a timeout can kill all of it
+    """Output goes to files, as in the zygote: a daemon the module starts may keep a pipe open."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        try:
+            process = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                cwd=request.get("cwd") or None,
+                env={**os.environ, **(request.get("env") or {})},
+                start_new_session=True,  # own process group, so a timeout can kill all of it
+            )
+        except OSError as exc:
+            return RunOutcome(rc=None, stdout="", stderr="", error=f"cannot start {argv[0]}: {exc}")
+        timed_out = False
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            _kill_group(process.pid)
+            process.wait()
+        return RunOutcome(
+            rc=process.returncode, stdout=_decode(_read_capped(out)), stderr=_decode(_read_capped(err)), timed_out=timed_out,
         )
-    except OSError as exc:
-        return RunOutcome(rc=None, stdout="", stderr="", error=f"cannot start {argv[0]}: {exc}")
-    timed_out = False
-    try:
-        out, err = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        _kill_group(process.pid)
-        out, err = process.communicate()
-    return RunOutcome(rc=process.returncode, stdout=_decode(out), stderr=_decode(err), timed_out=timed_out)
 
 
 def _decode(raw: bytes) -> str:
@@ -445,11 +449,12 @@ def _json_object(stdout: str) -> dict[str, Any] | None:
     try:
         value = json.loads(text)
     except ValueError:
-        start = next((i for i, line in enumerate(text.splitlines(keepends=True)) if line.lstrip().startswith("{")), None)
+        lines = text.splitlines(keepends=True)
+        start = next((i for i, line in enumerate(lines) if line.lstrip().startswith("{")), None)
         if start is None:
             return None
         try:
-            value, _ = json.JSONDecoder().raw_decode("".join(text.splitlines(keepends=True)[start:]).lstrip())
+            value, _ = json.JSONDecoder().raw_decode("".join(lines[start:]).lstrip())
         except ValueError:
             return None
     return value if isinstance(value, dict) else None

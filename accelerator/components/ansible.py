@@ -55,7 +55,7 @@ class Ansible(Component):
         parser.add_argument("args", nargs=argparse.REMAINDER, help="key=value arguments (free form for command)")
 
     def parse(self, spec: str | list[str] | dict[str, Any], base_dir: Path = Path(".")) -> Parsed:
-        """"MODULE k=v ..." (as `ansible -m MODULE -a ...`) or {"module": ..., "args": {...}, "timeout": ...}."""
+        """Either "MODULE k=v ..." (as `ansible -m MODULE -a ...`) or {"module": ..., "args": {...}, "timeout": ...}."""
         if isinstance(spec, dict):
             module, module_args, timeout = self._from_map(spec)
         else:
@@ -74,7 +74,10 @@ class Ansible(Component):
         if not isinstance(module_args, dict):
             raise ComponentError("ANSIBLE: 'args' must be a map of module arguments")
         timeout = spec.get("timeout")
-        return module, dict(module_args), None if timeout is None else float(timeout)
+        try:
+            return module, dict(module_args), None if timeout is None else float(timeout)
+        except (TypeError, ValueError):
+            raise ComponentError(f"ANSIBLE: timeout must be a number, got {timeout!r}") from None
 
     def _from_text(self, text: str) -> tuple[str, dict[str, Any], float | None]:
         """Leading --options are ours; the rest is MODULE then its arguments, kept verbatim for parse_kv."""

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
-from accelerator.blobs import sha256_of as sha256_file  # re-exported for components
 from accelerator.model import JobResult
 
 

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from accelerator.components.base import Component, ComponentError, ExecContext, Parsed, sha256_file
+from accelerator.blobs import sha256_of
+from accelerator.components.base import Component, ComponentError, ExecContext, Parsed
 from accelerator.model import JobResult, JobState
 
 _BLOCK = 1 << 20
@@ -133,7 +134,7 @@ def _source_files(source: Path, verb: str) -> list[tuple[Path, str]]:
 def _describe(path: Path, relative: str, dest: str) -> dict[str, Any]:
     info = path.stat()
     return {
-        "sha256": sha256_file(path),
+        "sha256": sha256_of(path),
         "size": info.st_size,
         "mode": stat.S_IMODE(info.st_mode),
         "path": relative,
@@ -240,7 +241,7 @@ def _same_content(item: _Planned, current: os.stat_result) -> bool:
     return (
         stat.S_ISREG(current.st_mode)
         and current.st_size == item.size
-        and sha256_file(item.target) == item.sha256
+        and sha256_of(item.target) == item.sha256
     )
 
 

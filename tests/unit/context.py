@@ -15,7 +15,8 @@ from typing import Any
 import jinja2
 
 from accelerator.blobs import BlobError
-from accelerator.components.base import ComponentError, Parsed, sha256_file
+from accelerator.blobs import sha256_of as sha256_file
+from accelerator.components.base import ComponentError, Parsed
 
 
 @dataclass
