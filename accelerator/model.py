@@ -92,9 +92,12 @@ class JobResult:
         return self.state is JobState.SUCCESS
 
     def to_wire(self) -> dict[str, Any]:
-        wire = asdict(self)
-        wire["state"] = self.state.value
-        return wire
+        # Written out rather than dataclasses.asdict: this runs for every result the server stores.
+        return {
+            "state": self.state.value, "rc": self.rc, "stdout": self.stdout, "stderr": self.stderr,
+            "changed": self.changed, "started": self.started, "ended": self.ended,
+            "data": self.data, "error": self.error,
+        }
 
     @classmethod
     def from_wire(cls, raw: dict[str, Any]) -> JobResult:

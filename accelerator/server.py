@@ -79,6 +79,8 @@ class Server:
         self.enrolled: dict[str, str] = {}  # name -> public key
         self.watchers: dict[str, set[bytes]] = {}  # job id -> control peers
         self.barriers: dict[str, QueryBarrier] = {}
+        # job id -> agents whose result is still due; kept here so finishing a job needs no store read
+        self.outstanding: dict[str, set[str]] = {}
         self.rejected: Counter[str] = Counter()
         self._running = False
         secret = None
@@ -244,10 +246,13 @@ class Server:
             if result.state is JobState.LOST:
                 barrier.targets.discard(agent)
             self._maybe_release(job_id, barrier)
-        record = self.store.get_job(job_id)
-        if record is not None and record.finished:
-            self.watchers.pop(job_id, None)
-            self.barriers.pop(job_id, None)
+        waiting = self.outstanding.get(job_id)
+        if waiting is not None:
+            waiting.discard(agent)
+            if not waiting:
+                del self.outstanding[job_id]
+                self.watchers.pop(job_id, None)
+                self.barriers.pop(job_id, None)
 
     def on_query_value(self, incoming: Incoming, msg: Message) -> None:
         session = self._session_of(incoming)
@@ -318,6 +323,7 @@ class Server:
                     agent, Session(agent, b"", "", None, time.time(), {}, state=NodeState.EXPIRED)
                 )
                 session.inflight[record.spec.id] = record.spec
+                self.outstanding.setdefault(record.spec.id, set()).add(agent)
                 self.store.set_result(record.spec.id, agent, JobResult(state=JobState.SENT))
 
     # -- clients --------------------------------------------------------------------------
@@ -353,7 +359,7 @@ class Server:
         missing = [sha for sha in spec.blobs if not self.blobs.has(check_sha(sha))]
         if missing:
             errors.append(f"job {spec.label or spec.id}: files not uploaded: {', '.join(s[:12] for s in missing)}")
-        if self.store.get_job(spec.id) is not None:
+        if spec.id in self.outstanding or self.store.get_job(spec.id) is not None:
             errors.append(f"job id {spec.id} was already submitted")
         return errors
 
@@ -361,6 +367,7 @@ class Server:
         record = JobRecord(spec=spec, submitted=time.time(),
                            results={t: JobResult(state=JobState.PENDING) for t in spec.targets})
         self.store.add_job(record)
+        self.outstanding[spec.id] = set(spec.targets)
         if spec.verb.upper() == "QUERY":
             self.barriers[spec.id] = QueryBarrier(key=str(spec.args.get("key")), targets=set(spec.targets))
         for target in spec.targets:
