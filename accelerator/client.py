@@ -66,14 +66,18 @@ class Client:
                     f"no answer from the server at {self.endpoint} within {self.timeout} s; "
                     "is 'directord server' running?"
                 )
+            reply: Message | None = None
+            # Read the whole batch: events that arrived right after the reply must be kept too.
             for frame in self._connection.poll(int(remaining * 1000) + 1):
                 answer = protocol.unpack(frame)
                 if answer.kind is Kind.EVENT:
                     self._events.append(answer)
                 elif answer.id == msg.id:
-                    if answer.kind is Kind.ERROR:
-                        raise ServerError(str(answer.data.get("reason")))
-                    return answer.data
+                    reply = answer
+            if reply is not None:
+                if reply.kind is Kind.ERROR:
+                    raise ServerError(str(reply.data.get("reason")))
+                return reply.data
 
     def upload(self, files: dict[str, Path]) -> None:
         """Send the files (sha256 -> path) the server does not have yet, in chunks."""

@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from accelerator import keys
 from accelerator.client import Client
@@ -22,6 +22,19 @@ from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 15.0
+T = TypeVar("T")
+
+
+def wait_for(check: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
+    """Poll `check` until it returns something truthy (returned) or `timeout` passes (AssertionError)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
 
 
 def cli(*args: str, home: Path, check: bool = False, timeout: float = 60.0,
@@ -46,6 +59,7 @@ class Process:
     name: str
     popen: subprocess.Popen[bytes]
     log: Path
+    err: Path | None = None  # stderr, when kept apart from the log
 
     def alive(self) -> bool:
         return self.popen.poll() is None
@@ -66,6 +80,7 @@ class Cluster:
     insecure: bool = False
     store: str = "memory"
     expiry: float = 8.0
+    separate_stderr: bool = False  # write each process's stderr to NAME.err instead of its log
     port: int = field(default_factory=free_port)
     server: Process | None = None
     agents: dict[str, Process] = field(default_factory=dict)
@@ -80,12 +95,13 @@ class Cluster:
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Process:
         log = self.root / f"{name}.log"
-        with log.open("ab") as out:
+        err = self.root / f"{name}.err" if self.separate_stderr else None
+        with log.open("ab") as out, (err or log).open("ab") as errors:
             popen = subprocess.Popen(
                 [sys.executable, "-m", "accelerator.cli", "--home", str(self.home), *args],
-                stdout=out, stderr=subprocess.STDOUT, env={**_env(), **(env or {})},
+                stdout=out, stderr=errors if err else subprocess.STDOUT, env={**_env(), **(env or {})},
             )
-        return Process(name, popen, log)
+        return Process(name, popen, log, err)
 
     def start_server(self) -> Process:
         args = ["server", "--bind", self.endpoint, "--store", self.store,
@@ -100,6 +116,12 @@ class Cluster:
             time.sleep(0.05)
         return self.server
 
+    def restart_server(self) -> Process:
+        """Start the server again on the same port and home (the old one must be dead)."""
+        assert self.server is None or not self.server.alive(), "the server is still running"
+        (self.home / "control.sock").unlink(missing_ok=True)  # left behind by a killed server
+        return self.start_server()
+
     def agent_home(self, name: str) -> Path:
         return self.root / f"agent-{name}"
 
@@ -110,15 +132,17 @@ class Cluster:
         source = server_key or self.home / "keys" / "server.pub"
         (home / "keys" / "server.pub").write_text(source.read_text())
         if enroll:
-            cli("keys", "enroll", name, "--key", pair.public, home=self.home, check=True)
+            # One argument: a Z85 key may start with '-', which argparse would take for an option.
+            cli("keys", "enroll", name, f"--key={pair.public}", home=self.home, check=True)
         return home
 
     def start_agent(self, name: str, *, enroll: bool = True, extra: list[str] | None = None,
-                    env: dict[str, str] | None = None) -> Process:
+                    env: dict[str, str] | None = None, claim: str | None = None) -> Process:
+        """Start agent `name` (its home, keys and log); `claim` makes it say hello as another name."""
         home = self.agent_home(name)
         if not self.insecure and not (home / "keys" / "agent.secret").exists():
             self.prepare_agent_keys(name, enroll=enroll)
-        args = ["agent", "--server", self.endpoint, "--name", name, "--agent-home", str(home),
+        args = ["agent", "--server", self.endpoint, "--name", claim or name, "--agent-home", str(home),
                 "--heartbeat", "0.5", *(extra or [])]
         if self.insecure:
             args.append("--insecure")
@@ -144,6 +168,15 @@ class Cluster:
                 raise AssertionError(f"agents {names} not active; nodes: {nodes}\n{logs}")
             time.sleep(0.1)
 
+    def assert_never_active(self, *names: str, duration: float) -> None:
+        """Watch the node list for `duration` seconds: none of `names` may show up as active."""
+        deadline = time.monotonic() + duration
+        while time.monotonic() < deadline:
+            nodes = self.nodes()
+            active = [n for n in names if nodes.get(n, {}).get("state") == "active"]
+            assert not active, f"{active} became active: {nodes}"
+            time.sleep(0.1)
+
     def wait_state(self, name: str, state: str, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while self.nodes().get(name, {}).get("state") != state:
@@ -160,4 +193,8 @@ class Cluster:
 
     def logs(self) -> str:
         processes = ([self.server] if self.server else []) + list(self.agents.values())
-        return "\n".join(f"--- {p.name} ---\n{p.log.read_text()[-4000:]}" for p in processes)
+        return "\n".join(
+            f"--- {p.name} ---\n{p.log.read_text()[-4000:]}"
+            + (f"\n--- {p.name} (stderr) ---\n{p.err.read_text()[-4000:]}" if p.err else "")
+            for p in processes
+        )
