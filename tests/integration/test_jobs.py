@@ -185,3 +185,30 @@ def test_bad_input_gets_a_clear_error_naming_what_and_where(cluster: Cluster, tm
     assert missing.returncode == 2 and "absent" in missing.stderr
     # nothing was lost: the cluster still works
     assert cluster.directord("exec", "--verb", "RUN", "true").returncode == 0
+
+
+def test_ansible_modules_run_on_agents_from_cached_payloads(cluster: Cluster, tmp_path: Path) -> None:
+    target = tmp_path / "from-ansible"
+    target.mkdir()
+    spec = f'ansible.builtin.copy content="managed by ansible\\n" dest={target}/$NAME mode=0600'
+    first = results(cluster.directord("exec", "--verb", "ANSIBLE", spec.replace("$NAME", "one"), "--json", check=True))
+    assert {r["agent"] for r in first} == {"a1", "a2", "a3"}
+    changed = [r["changed"] for r in first]
+    assert changed.count(True) >= 1  # all agents share this host: the first write changes, the rest may not
+    assert (target / "one").read_text() == "managed by ansible\n"
+    assert oct((target / "one").stat().st_mode & 0o777) == "0o600"
+    second = results(cluster.directord("exec", "--verb", "ANSIBLE", spec.replace("$NAME", "one"), "--json", check=True))
+    assert [r["changed"] for r in second] == [False, False, False]
+    assert all(r["data"]["dest"] == str(target / "one") for r in second)
+    agents_blobs = [cluster.agent_home(name) / "blobs" for name in ("a1", "a2", "a3")]
+    assert all(any(p.stat().st_size > 10_000 for p in blobs.iterdir()) for blobs in agents_blobs)
+    failing = cluster.directord("exec", "--verb", "ANSIBLE", "ansible.builtin.command /nonexistent/binary",
+                                "--target", "a1", "--json")
+    assert failing.returncode == 1
+    [row] = results(failing)
+    assert row["state"] == "failed" and "nonexistent" in (row["error"] + row["stderr"] + str(row["data"]))
+
+
+def test_unknown_ansible_module_is_refused_before_anything_runs(cluster: Cluster) -> None:
+    done = cluster.directord("exec", "--verb", "ANSIBLE", "no.such.module_xyz a=1")
+    assert done.returncode == 2 and "no.such.module_xyz" in done.stderr
