@@ -312,11 +312,9 @@ class Agent:
         if self.blobs.has(sha):
             return self.blobs.path(sha)
         with self._lock:
-            transfer = self._transfers.get(sha)
-            first = transfer is None
-            if first:
-                transfer = self._transfers[sha] = Transfer(sha)
-        if first:
+            existing = self._transfers.get(sha)
+            transfer = existing or self._transfers.setdefault(sha, Transfer(sha))
+        if existing is None:
             self._request_chunk(transfer)
         while not transfer.done.wait(1.0):
             if time.monotonic() - transfer.last_progress > TRANSFER_STALL_SECONDS:

@@ -117,7 +117,7 @@ class ServerTransport:
                     continue
                 key = None
                 if channel is Channel.AGENTS and self._auth is not None:
-                    key = parts[1].get("User-Id")
+                    key = str(parts[1].get("User-Id"))
                 received.append(Incoming(channel, parts[0].bytes, parts[1].bytes, key))
         return received
 
@@ -218,7 +218,7 @@ class DealerConnection:
                 except zmq.Again:
                     break
         received: list[bytes] = []
-        if self._socket in ready:
+        if self._socket is not None and self._socket in ready:
             while True:
                 try:
                     received.append(self._socket.recv(zmq.NOBLOCK))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import argparse
+import io
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,7 +145,8 @@ def split_leading_options(text: str, parser: argparse.ArgumentParser) -> tuple[l
     """
     takes_value = {o for a in parser._actions if a.option_strings and a.nargs != 0 for o in a.option_strings}
     flags = {o for a in parser._actions if a.option_strings and a.nargs == 0 for o in a.option_strings}
-    lexer = shlex.shlex(text, posix=True)
+    stream = io.StringIO(text)  # shlex reads it one character at a time, so tell() is our position
+    lexer = shlex.shlex(stream, posix=True)
     lexer.whitespace_split = True
     lexer.commenters = ""
     argv: list[str] = []
@@ -157,7 +159,7 @@ def split_leading_options(text: str, parser: argparse.ArgumentParser) -> tuple[l
         if token is None:
             return argv, ""
         if token == "--":
-            return argv, text[lexer.instream.tell():].strip()
+            return argv, text[stream.tell():].strip()
         name = token.split("=", 1)[0]
         if name in flags or (name in takes_value and "=" in token):
             argv.append(token)
@@ -168,4 +170,4 @@ def split_leading_options(text: str, parser: argparse.ArgumentParser) -> tuple[l
             argv.extend((token, value))
         else:
             return argv, text[position:].strip()
-        position = lexer.instream.tell()
+        position = stream.tell()
