@@ -14,10 +14,9 @@ import itertools
 import os
 import threading
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Iterable
 
 import zmq
-import zmq.auth.thread
 
 LINGER_MS = 500
 
@@ -70,7 +69,7 @@ class ServerTransport:
         allowed_keys: Iterable[str] = (),
     ) -> None:
         self._context = zmq.Context()
-        self._auth: zmq.auth.thread.ThreadAuthenticator | None = None
+        self._auth: Any = None  # zmq.auth.thread.ThreadAuthenticator, imported only by a secure server
         self._allow = _AllowList()
         self.agents = self._context.socket(zmq.ROUTER)
         self.agents.setsockopt(zmq.LINGER, LINGER_MS)
@@ -78,6 +77,8 @@ class ServerTransport:
         self.agents.setsockopt(zmq.SNDHWM, 0)
         self.agents.setsockopt(zmq.RCVHWM, 0)
         if secret_key is not None:
+            import zmq.auth.thread  # asyncio and friends: only the server needs them, not every agent
+
             self._allow.replace(allowed_keys)
             self._auth = zmq.auth.thread.ThreadAuthenticator(self._context)
             self._auth.start()

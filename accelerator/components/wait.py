@@ -7,11 +7,8 @@ changes nothing on the target, so the result is never `changed`.
 from __future__ import annotations
 
 import argparse
-import http.client
 import os
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,17 +19,7 @@ from accelerator.model import JobResult, JobState
 
 DEFAULT_RETRY = 10
 DEFAULT_RETRY_WAIT = 1.0
-# One unanswered request must not eat the whole retry budget, nor fail a slow but live server.
-URL_ATTEMPT_TIMEOUT = 10.0
-
 Probe = Callable[[], tuple[bool, str]]  # one attempt: (succeeded, what happened)
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """A 3xx already means "the server is up"; following it could only add a failure."""
-
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
 
 
 class Wait(Component):
@@ -89,16 +76,10 @@ def _poll(what: str, probe: Probe, retry: int, retry_wait: float, started: float
 
 
 def _get_url(url: str) -> tuple[bool, str]:
-    opener = urllib.request.build_opener(_NoRedirect)
-    try:
-        with opener.open(url, timeout=URL_ATTEMPT_TIMEOUT) as response:
-            return True, f"HTTP {response.status}"
-    except urllib.error.HTTPError as exc:
-        return 300 <= exc.code < 400, f"HTTP {exc.code} {exc.reason}"
-    except urllib.error.URLError as exc:
-        return False, f"cannot reach {url}: {exc.reason}"
-    except (OSError, ValueError, http.client.HTTPException) as exc:
-        return False, f"cannot fetch {url}: {exc}"
+    # urllib pulls in http.client and email (several MB); only agents that probe URLs pay for it.
+    from accelerator.components.http_probe import get_url
+
+    return get_url(url)
 
 
 def _run(command: str, env: dict[str, str]) -> tuple[bool, str]:
