@@ -68,6 +68,8 @@ class JobSpec:
         spec = cls(**known)
         if not isinstance(spec.verb, str) or not isinstance(spec.args, dict):
             raise ValueError("job needs a string verb and a map of args")
+        if not isinstance(spec.id, str) or not isinstance(spec.parent, str):
+            raise ValueError("job id and parent must be strings")
         if not isinstance(spec.targets, list) or not all(isinstance(t, str) for t in spec.targets):
             raise ValueError("job targets must be a list of agent names")
         return spec

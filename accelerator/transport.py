@@ -77,10 +77,12 @@ class ServerTransport:
         self.agents.setsockopt(zmq.SNDHWM, 0)
         self.agents.setsockopt(zmq.RCVHWM, 0)
         if secret_key is not None:
-            import zmq.auth.thread  # asyncio and friends: only the server needs them, not every agent
+            # asyncio and friends: only the server needs them, not every agent.  A `from` import,
+            # since `import zmq.auth.thread` here would make `zmq` a local name of this whole method.
+            from zmq.auth.thread import ThreadAuthenticator
 
             self._allow.replace(allowed_keys)
-            self._auth = zmq.auth.thread.ThreadAuthenticator(self._context)
+            self._auth = ThreadAuthenticator(self._context)
             self._auth.start()
             self._auth.configure_curve_callback(domain="*", credentials_provider=self._allow)
             self.agents.curve_secretkey = secret_key.encode()

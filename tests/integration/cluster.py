@@ -11,12 +11,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
-from accelerator import keys
+from accelerator import components, keys
 from accelerator.client import Client
+from accelerator.model import JobSpec
 from accelerator.protocol import Kind
 from tests.conftest import free_port
 
@@ -35,6 +37,12 @@ def wait_for(check: Callable[[], T], timeout: float, what: str, interval: float 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+def run_spec(command: str, targets: list[str], **fields: Any) -> JobSpec:
+    """A RUN job as `directord exec --verb RUN COMMAND` would build it, for Client.submit."""
+    return JobSpec(verb="RUN", args=components.get("RUN").parse(command).args, targets=targets,
+                   label=command, **fields)
 
 
 def cli(*args: str, home: Path, check: bool = False, timeout: float = 60.0,
@@ -188,7 +196,12 @@ class Cluster:
         return cli(*args, home=self.home, check=check, timeout=timeout)
 
     def stop(self) -> None:
-        for process in list(self.agents.values()) + ([self.server] if self.server else []):
+        """SIGTERM every process first, then wait for each: they wind down side by side."""
+        processes = list(self.agents.values()) + ([self.server] if self.server else [])
+        for process in processes:
+            if process.alive():
+                process.popen.send_signal(signal.SIGTERM)
+        for process in processes:
             process.kill(signal.SIGTERM)
 
     def logs(self) -> str:

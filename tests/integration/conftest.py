@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -38,3 +40,22 @@ def make_cluster(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
 def cluster(make_cluster: Callable[..., Cluster]) -> Cluster:
     """A secure server with three enrolled agents, all active."""
     return make_cluster()
+
+
+@pytest.fixture
+def pidfiles(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """Paths for long RUN commands to write `$$` to; each such command runs in its own process
+    group (RUN starts a new session), which is killed at the end, so no `sleep 30` outlives a test
+    whose agent was killed under it."""
+    made: list[Path] = []
+
+    def make(name: str) -> Path:
+        made.append(tmp_path / f"{name}.pid")
+        return made[-1]
+
+    yield make
+    for path in made:
+        try:
+            os.killpg(int(path.read_text()), signal.SIGKILL)
+        except (FileNotFoundError, ProcessLookupError, ValueError):
+            pass

@@ -9,45 +9,20 @@ cluster that simply is not working.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Iterator
 
-import pytest
-
-from accelerator import components
-from accelerator.model import JobSpec
-from tests.integration.cluster import Cluster, wait_for
+from tests.integration.cluster import Cluster, Process, run_spec, wait_for
 
 REFUSAL_WINDOW = 1.5  # seconds an agent keeps knocking (3 heartbeats) while we watch it stay out
-
-
-def run_spec(command: str, targets: list[str]) -> JobSpec:
-    return JobSpec(verb="RUN", args=components.get("RUN").parse(command).args, targets=targets, label=command)
 
 
 def rows_of(completed: object) -> dict[str, dict]:  # type: ignore[type-arg]
     return {row["agent"]: row for row in json.loads(completed.stdout)}  # type: ignore[attr-defined]
 
 
-@pytest.fixture
-def pidfiles(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
-    """Pid files of long RUN commands (each runs in its own process group); killed at the end."""
-    made: list[Path] = []
-
-    def make(name: str) -> Path:
-        made.append(tmp_path / f"{name}.pid")
-        return made[-1]
-
-    yield make
-    for path in made:
-        if path.exists():
-            try:
-                os.killpg(int(path.read_text()), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
-                pass
+def log_says(process: Process, text: str) -> Callable[[], bool]:
+    return lambda: text in process.log.read_text()
 
 
 def test_unenrolled_agent_is_never_active_and_cannot_be_targeted(make_cluster: Callable[..., Cluster]) -> None:
@@ -76,7 +51,7 @@ def test_an_agent_cannot_take_another_agents_enrolled_name(make_cluster: Callabl
 
     for process, own, claimed in ((mallory, "mallory", "a1"), (eve, "eve", "a2")):
         refusal = f"this key is enrolled as '{own}', not '{claimed}'"
-        wait_for(lambda: refusal in process.log.read_text(), 10.0, f"{own} to be told: {refusal}")
+        wait_for(log_says(process, refusal), 10.0, f"{own} to be told: {refusal}")
     cluster.assert_never_active("a2", "eve", "mallory", duration=REFUSAL_WINDOW)
     assert mallory.alive() and eve.alive()
 
@@ -113,6 +88,7 @@ def test_agent_pinned_to_another_server_refuses_a_rogue_server(
     assert rows_of(aimed)["x"]["state"] == "lost"
     rogue.assert_never_active("x", duration=0.5)
     assert not (tmp_path / "planted-by-rogue.x").exists()
+    assert "connected to" not in pinned.log.read_text()  # it never even got a WELCOME
 
 
 def test_revoking_a_key_disconnects_the_agent_at_once(
@@ -126,18 +102,17 @@ def test_revoking_a_key_disconnects_the_agent_at_once(
     with cluster.client() as client:
         [job] = client.submit([run_spec(f"echo $$ > {pid}; touch {started}; sleep 30", ["a1"])])
         wait_for(started.exists, 10.0, "the long job to start on a1")
-        revoked_at = time.monotonic()
         revoke = cluster.directord("keys", "revoke", "a1", check=True)
         assert "revoked a1" in revoke.stdout and "disconnected: a1" in revoke.stdout
         assert cluster.nodes()["a1"]["state"] == "expired"
         [outcome] = list(client.results({job["id"]: {"a1"}}, timeout=5.0))
-    assert time.monotonic() - revoked_at < cluster.expiry / 2, "the job was lost by expiry, not by the revocation"
-    assert outcome.result.state.value == "lost" and "revoked" in outcome.result.error
+    # Lost because of the revocation (an expiry would read "expired (no heartbeat ...)").
+    assert outcome.result.state.value == "lost" and "a1's key was revoked" in outcome.result.error
 
     names = [line.split()[0] for line in cluster.directord("keys", "list", check=True).stdout.splitlines()]
     assert names == ["a2"]
     refusal = "key is not enrolled"
-    wait_for(lambda: refusal in cluster.agents["a1"].log.read_text(), 10.0, "a1 to be refused on its next hello")
+    wait_for(log_says(cluster.agents["a1"], refusal), 10.0, "a1 to be refused on its next hello")
     cluster.assert_never_active("a1", duration=1.0)
     # A fresh connection with the revoked key fails the Curve handshake itself.
     cluster.agents["a1"].kill()
