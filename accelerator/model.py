@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -60,7 +60,7 @@ class JobSpec:
     async_parent: bool = False  # run this parent beside others instead of in the agent's serial queue
 
     def to_wire(self) -> dict[str, Any]:
-        return asdict(self)
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
     @classmethod
     def from_wire(cls, raw: dict[str, Any]) -> JobSpec:

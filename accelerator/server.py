@@ -26,6 +26,8 @@ from accelerator.transport import Channel, Incoming, ServerTransport
 
 log = logging.getLogger("directord.server")
 
+_HEARTBEAT = Message(Kind.HEARTBEAT, id="heartbeat").pack()  # every heartbeat answer is the same frame
+
 
 @dataclass(slots=True)
 class ServerConfig:
@@ -224,8 +226,8 @@ class Server:
     def on_heartbeat(self, incoming: Incoming, msg: Message) -> None:
         session = self._session_of(incoming)
         if session is not None:
-            self.transport.send(Channel.AGENTS, incoming.peer, Message(Kind.HEARTBEAT).pack())
-            self._record_node(session)
+            # Liveness lives in the session; the store hears of a node when its state changes.
+            self.transport.send(Channel.AGENTS, incoming.peer, _HEARTBEAT)
 
     def on_result(self, incoming: Incoming, msg: Message) -> None:
         session = self._session_of(incoming)
@@ -304,16 +306,22 @@ class Server:
             self._finish(job_id, session.name, JobResult.failure(reason, state=JobState.LOST))
 
     def _record_node(self, session: Session) -> None:
-        self.store.put_node(session.name, {
+        self.store.put_node(session.name, self._node_info(session))
+
+    def _node_info(self, session: Session) -> dict[str, Any]:
+        return {
             **session.info,
             "state": session.state.value,
             "last_heartbeat": session.last_seen,
             "expires": session.last_seen + self.config.expiry,
-        })
+        }
 
     def _send_job(self, session: Session, spec: JobSpec) -> None:
-        job = Message(Kind.JOB, {"spec": spec.to_wire()}, job=spec.id, parent=spec.parent)
-        self.transport.send(Channel.AGENTS, session.peer, job.pack())
+        self.transport.send(Channel.AGENTS, session.peer, self._job_frame(spec))
+
+    @staticmethod
+    def _job_frame(spec: JobSpec) -> bytes:
+        return Message(Kind.JOB, {"spec": spec.to_wire()}, job=spec.id, parent=spec.parent).pack()
 
     def _resume_unfinished(self) -> None:
         """After a restart with a durable store, jobs still in flight wait for their agents' hello."""
@@ -364,21 +372,22 @@ class Server:
         return errors
 
     def _accept(self, spec: JobSpec) -> None:
-        record = JobRecord(spec=spec, submitted=time.time(),
-                           results={t: JobResult(state=JobState.PENDING) for t in spec.targets})
-        self.store.add_job(record)
+        """Record the job and send it to every connected target: one packed frame for all."""
+        active = {t for t in spec.targets if (s := self.sessions.get(t)) is not None and s.state is NodeState.ACTIVE}
+        results = {t: JobResult(state=JobState.SENT if t in active else JobState.PENDING) for t in spec.targets}
+        self.store.add_job(JobRecord(spec=spec, submitted=time.time(), results=results))
         self.outstanding[spec.id] = set(spec.targets)
         if spec.verb.upper() == "QUERY":
             self.barriers[spec.id] = QueryBarrier(key=str(spec.args.get("key")), targets=set(spec.targets))
+        frame = self._job_frame(spec)
         for target in spec.targets:
-            session = self.sessions.get(target)
-            if session is None or session.state is not NodeState.ACTIVE:
+            if target not in active:
                 self._finish(spec.id, target, JobResult.failure(f"agent {target} is not connected",
                                                                 state=JobState.LOST))
                 continue
+            session = self.sessions[target]
             session.inflight[spec.id] = spec
-            self.store.set_result(spec.id, target, JobResult(state=JobState.SENT))
-            self._send_job(session, spec)
+            self.transport.send(Channel.AGENTS, session.peer, frame)
 
     def on_watch(self, incoming: Incoming, msg: Message) -> Message:
         """Subscribe to results of existing jobs; results already in are pushed at once."""
@@ -408,7 +417,7 @@ class Server:
     def on_nodes(self, incoming: Incoming, msg: Message) -> Message:
         nodes = self.store.nodes()
         for name, session in self.sessions.items():
-            nodes.setdefault(name, {})["inflight"] = len(session.inflight)
+            nodes[name] = {**nodes.get(name, {}), **self._node_info(session), "inflight": len(session.inflight)}
         return msg.reply(nodes=nodes)
 
     def on_jobs(self, incoming: Incoming, msg: Message) -> Message:
