@@ -6,10 +6,8 @@ digest matches, so a reader never sees a partial or corrupt blob.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
-import tempfile
 from pathlib import Path
 
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
@@ -66,6 +64,9 @@ class BlobDir:
         return final
 
     def put_bytes(self, data: bytes) -> str:
+        import hashlib
+        import tempfile
+
         sha = hashlib.sha256(data).hexdigest()
         if not self.has(sha):
             fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".put-")
@@ -76,6 +77,9 @@ class BlobDir:
 
 
 def sha256_of(path: Path) -> str:
+    # hashlib loads libcrypto (4 MB); agents that never receive files never import it.
+    import hashlib
+
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

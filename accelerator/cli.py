@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from accelerator import __version__, components, keys, orchestration, paths
+from accelerator import __version__, components, keys, paths
 from accelerator.client import Client, Outcome, ServerError, ServerUnreachable
 from accelerator.components.base import ComponentError
 from accelerator.model import JobSpec
@@ -98,6 +98,8 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 
 def cmd_orchestrate(args: argparse.Namespace) -> int:
+    from accelerator import orchestration  # PyYAML: not needed by the server or agents
+
     specs: list[JobSpec] = []
     uploads: dict[str, Path] = {}
     for path in args.files:

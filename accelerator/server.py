@@ -26,6 +26,7 @@ from accelerator.transport import Channel, Incoming, ServerTransport
 
 log = logging.getLogger("directord.server")
 
+MAX_DRAIN_ROUNDS = 1000  # each round reads up to 1,000 frames per socket
 _HEARTBEAT = Message(Kind.HEARTBEAT, id="heartbeat").pack()  # every heartbeat answer is the same frame
 
 
@@ -130,6 +131,7 @@ class Server:
                 for incoming in self.transport.poll(timeout):
                     self.dispatch(incoming)
                 if time.monotonic() >= next_tick:
+                    self._drain()
                     self.expire_silent_agents()
                     self.store.flush()
                     next_tick = time.monotonic() + self.config.heartbeat_interval
@@ -139,6 +141,20 @@ class Server:
 
     def stop(self) -> None:
         self._running = False
+
+    def _drain(self) -> None:
+        """Handle everything already waiting before judging anyone silent.
+
+        After a long request (thousands of jobs in one submit) the agents' heartbeats sit in the
+        socket behind thousands of results; expiring before reading them would call live agents
+        dead for the time the server itself was busy.
+        """
+        for _ in range(MAX_DRAIN_ROUNDS):
+            batch = self.transport.poll(0)
+            if not batch:
+                return
+            for incoming in batch:
+                self.dispatch(incoming)
 
     def dispatch(self, incoming: Incoming) -> None:
         try:

@@ -11,17 +11,17 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from accelerator import keys, transport  # noqa: E402
-from accelerator.client import Client, ServerUnreachable  # noqa: E402
-from accelerator.protocol import Kind  # noqa: E402
-from bench.measure import Launcher  # noqa: E402
+from accelerator import keys, transport
+from accelerator.client import Client, ServerUnreachable
+from accelerator.protocol import Kind
+from bench.measure import Launcher
 
 START_TIMEOUT = 120.0
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from accelerator import components  # noqa: E402
-from accelerator.client import Client  # noqa: E402
-from accelerator.model import JobSpec  # noqa: E402
+from accelerator import components
+from accelerator.client import Client
+from accelerator.model import JobSpec
 
 
 def build_specs(command: str, jobs: int, targets: list[str]) -> list[JobSpec]:
@@ -36,13 +36,15 @@ def main() -> int:
     parser.add_argument("--target", action="append", required=True)
     parser.add_argument("--command", default="echo hello world")
     parser.add_argument("--expect", default="hello world", help="the stdout (stripped) every result must have")
+    parser.add_argument("--batch", type=int, default=0, help="jobs per SUBMIT request (default: all in one)")
     parser.add_argument("--timeout", type=float, default=600.0)
     args = parser.parse_args()
 
     specs = build_specs(args.command, args.jobs, args.target)
+    size = args.batch or len(specs)
     with Client(args.home, timeout=60.0) as client:
         started = time.time()
-        accepted = client.submit(specs)
+        accepted = [job for first in range(0, len(specs), size) for job in client.submit(specs[first:first + size])]
         submitted = time.time()
         expected = {job["id"]: set(job["targets"]) for job in accepted}
         ok = failed = wrong_output = 0
