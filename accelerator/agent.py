@@ -107,7 +107,7 @@ class Agent:
             server_public=None if config.insecure else config.server_public,
             keypair=None if config.insecure else config.keypair,
         )
-        self.journal = Journal(config.home / "journal.db")
+        self.journal = Journal(config.home / "journal")
         self.blobs = BlobDir(config.home / "blobs")
         self.variables: dict[str, Any] = {}
         self.environment: dict[str, str] = {}

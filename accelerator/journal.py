@@ -3,15 +3,21 @@
 It is what makes "a job id runs at most once per agent" hold across reconnects and restarts:
 a job the server resends is answered from here instead of being run again, and a job that was
 started by an earlier agent process but never finished is reported lost, not rerun.
+
+The journal is an append-only file of msgpack records `[job id, entry, result or nil]`, with an
+in-memory index of where each id's latest record starts.  A plain file rather than SQLite keeps
+every agent process about 2 MB smaller; appends are flushed to the kernel at once (an agent crash
+loses nothing, a machine crash may lose the last entries) and the file is compacted to the most
+recent entries when it grows.
 """
 
 from __future__ import annotations
 
 import enum
-import sqlite3
+import os
 import threading
-import time
 from pathlib import Path
+from typing import Any
 
 import msgpack
 
@@ -26,51 +32,96 @@ class Entry(str, enum.Enum):
 
 
 class Journal:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, keep: int = KEEP_ENTRIES) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # A crash of the whole machine may lose the last entries; a crash of the agent does not.
-        self._db.execute("PRAGMA synchronous=OFF")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, state TEXT, result BLOB, at REAL)"
-        )
+        self._path = path
+        self._keep = keep
         self._lock = threading.Lock()
-        self._writes = 0
-        self._prune()
+        self._index: dict[str, tuple[Entry, int]] = {}  # id -> (latest entry, offset of its record)
+        self._records = 0
+        self._load()
+        self._file = path.open("ab")
+
+    def _load(self) -> None:
+        """Rebuild the index; a torn last record (the agent died mid-write) is cut off."""
+        if not self._path.exists():
+            return
+        good_end = 0
+        with self._path.open("rb") as handle:
+            unpacker = msgpack.Unpacker(handle, raw=False)
+            while True:
+                offset = unpacker.tell()
+                try:
+                    record = unpacker.unpack()
+                except msgpack.OutOfData:
+                    break
+                except (ValueError, msgpack.UnpackException):
+                    break
+                if not _valid(record):
+                    break
+                self._index.pop(record[0], None)  # re-insert: dict order is recency order
+                self._index[record[0]] = (Entry(record[1]), offset)
+                self._records += 1
+                good_end = unpacker.tell()
+        if good_end != self._path.stat().st_size:
+            os.truncate(self._path, good_end)
 
     def lookup(self, job_id: str) -> tuple[Entry, JobResult | None] | None:
         with self._lock:
-            row = self._db.execute("SELECT state, result FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        if row is None:
-            return None
-        result = JobResult.from_wire(msgpack.unpackb(row[1])) if row[1] is not None else None
-        return Entry(row[0]), result
+            found = self._index.get(job_id)
+            if found is None:
+                return None
+            entry, offset = found
+            if entry is not Entry.DONE:
+                return entry, None
+            with self._path.open("rb") as handle:
+                handle.seek(offset)
+                record = msgpack.Unpacker(handle, raw=False).unpack()
+        return entry, JobResult.from_wire(record[2])
 
     def start(self, job_id: str) -> None:
-        self._write("INSERT OR REPLACE INTO jobs VALUES (?, ?, NULL, ?)", (job_id, Entry.STARTED.value, time.time()))
+        self._append(job_id, Entry.STARTED, None)
 
     def finish(self, job_id: str, result: JobResult) -> None:
-        packed = msgpack.packb(result.to_wire(), use_bin_type=True)
-        self._write("INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?)", (job_id, Entry.DONE.value, packed, time.time()))
+        self._append(job_id, Entry.DONE, result.to_wire())
 
-    def _write(self, sql: str, params: tuple[object, ...]) -> None:
+    def _append(self, job_id: str, entry: Entry, result: dict[str, Any] | None) -> None:
+        packed = msgpack.packb([job_id, entry.value, result], use_bin_type=True)
         with self._lock:
-            self._db.execute(sql, params)
-            self._writes += 1
-            if self._writes % 5000 == 0:
-                self._prune_locked()
+            offset = self._file.tell()
+            self._file.write(packed)
+            self._file.flush()
+            self._index.pop(job_id, None)
+            self._index[job_id] = (entry, offset)
+            self._records += 1
+            if self._records > 2 * self._keep:
+                self._compact()
 
-    def _prune(self) -> None:
-        with self._lock:
-            self._prune_locked()
-
-    def _prune_locked(self) -> None:
-        self._db.execute(
-            "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs ORDER BY at DESC LIMIT -1 OFFSET ?)",
-            (KEEP_ENTRIES,),
-        )
+    def _compact(self) -> None:
+        """Rewrite the file with the latest record of the most recent `keep` job ids."""
+        recent = list(self._index.items())[-self._keep:]
+        temporary = self._path.with_suffix(".compact")
+        index: dict[str, tuple[Entry, int]] = {}
+        self._file.close()
+        with self._path.open("rb") as source, temporary.open("wb") as target:
+            for job_id, (entry, offset) in recent:
+                source.seek(offset)
+                record = msgpack.Unpacker(source, raw=False).unpack()
+                index[job_id] = (entry, target.tell())
+                target.write(msgpack.packb(record, use_bin_type=True))
+        os.replace(temporary, self._path)
+        self._index = index
+        self._records = len(index)
+        self._file = self._path.open("ab")
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            self._file.close()
+
+
+def _valid(record: Any) -> bool:
+    return (
+        isinstance(record, list) and len(record) == 3 and isinstance(record[0], str)
+        and record[1] in (Entry.STARTED.value, Entry.DONE.value)
+        and (record[2] is None or isinstance(record[2], dict))
+    )
