@@ -123,6 +123,7 @@ class Agent:
         self._last_work = time.monotonic()
         self._last_heard = time.monotonic()
         self._server_expiry = 10.0  # replaced by the server's own figure in WELCOME
+        self._last_error = ""
         self._running = False
         self._zygote: Any = None
         self._jinja: Any = None
@@ -200,6 +201,7 @@ class Agent:
             log.warning("dropped a message from the server: %s", exc)
 
     def on_welcome(self, msg: Message) -> None:
+        self._last_error = ""
         expiry = msg.data.get("expiry")
         if isinstance(expiry, (int, float)) and expiry > 0:
             self._server_expiry = float(expiry)
@@ -214,8 +216,10 @@ class Agent:
         reason = msg.data.get("reason", "")
         if reason == "hello-required":
             self.hello()
-        else:
+        elif reason != self._last_error:
+            # A refused agent hears the same reason every heartbeat; say it once until it changes.
             log.warning("server error: %s", reason)
+        self._last_error = reason
 
     # -- jobs -----------------------------------------------------------------------------
 
