@@ -309,13 +309,14 @@ class Server:
         deadline = time.time() - self.config.expiry
         for session in self.sessions.values():
             if session.state is NodeState.ACTIVE and session.last_seen < deadline:
-                session.state = NodeState.EXPIRED
-                self.peers.pop(session.peer, None)
-                self._record_node(session)
                 log.warning("agent %s expired; %d in-flight jobs lost", session.name, len(session.inflight))
-                self._lose_inflight(session, f"agent {session.name} expired (no heartbeat for {self.config.expiry} s)")
+                self._drop(session, f"agent {session.name} expired (no heartbeat for {self.config.expiry} s)")
 
-    def _lose_inflight(self, session: Session, reason: str) -> None:
+    def _drop(self, session: Session, reason: str) -> None:
+        """Mark an agent gone (expired or revoked) and end its in-flight jobs as lost, with `reason`."""
+        session.state = NodeState.EXPIRED
+        self.peers.pop(session.peer, None)
+        self._record_node(session)
         lost = list(session.inflight)
         session.inflight.clear()
         for job_id in lost:
@@ -471,9 +472,6 @@ class Server:
         dropped = []
         for session in self.sessions.values():
             if session.state is NodeState.ACTIVE and self.enrolled.get(session.name) != session.key:
-                session.state = NodeState.EXPIRED
-                self.peers.pop(session.peer, None)
-                self._record_node(session)
-                self._lose_inflight(session, f"agent {session.name}'s key was revoked")
+                self._drop(session, f"agent {session.name}'s key was revoked")
                 dropped.append(session.name)
         return msg.reply(enrolled=sorted(self.enrolled), dropped=dropped)
