@@ -402,12 +402,10 @@ class Agent:
         """Expand {{ variables }} with Jinja2, loaded only when a job first needs it."""
         if "{{" not in text and "{%" not in text:
             return text
+        import jinja2  # cached by Python after the first job that templates
+
         if self._jinja is None:
-            import jinja2
-
             self._jinja = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-        import jinja2
-
         try:
             return self._jinja.from_string(text).render(**self.variables)
         except jinja2.TemplateError as exc:

@@ -7,6 +7,7 @@ pushes them, and asks for node and job listings.  One client per thread.
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -14,8 +15,8 @@ from typing import Any, Iterable, Iterator
 from accelerator import protocol
 from accelerator.blobs import sha256_of
 from accelerator.model import JobResult, JobSpec
-from accelerator.protocol import Kind, Message
 from accelerator.paths import control_endpoint_for
+from accelerator.protocol import Kind, Message
 from accelerator.transport import DealerConnection
 
 
@@ -43,7 +44,7 @@ class Client:
         self.endpoint = endpoint
         self.timeout = timeout
         self._connection = DealerConnection(endpoint)
-        self._events: list[Message] = []
+        self._events: deque[Message] = deque()  # results pushed before the caller asked for them
 
     def close(self) -> None:
         self._connection.close()
@@ -115,7 +116,7 @@ class Client:
         deadline = None if timeout is None else time.monotonic() + timeout
         while waiting:
             while self._events:
-                event = self._events.pop(0)
+                event = self._events.popleft()
                 agent = str(event.data.get("agent"))
                 if event.job in waiting and agent in waiting[event.job]:
                     waiting[event.job].discard(agent)
