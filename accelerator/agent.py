@@ -90,8 +90,8 @@ class JobContext:
     def render(self, text: str) -> str:
         return self._agent.render(text)
 
-    def run_module(self, request: dict[str, Any], timeout: float | None) -> JobResult:
-        return self._agent.run_module(request, timeout)
+    def run_module(self, request: dict[str, Any], timeout: float | None, raw: bool = False) -> JobResult:
+        return self._agent.run_module(request, timeout, raw)
 
 
 class Agent:
@@ -411,10 +411,10 @@ class Agent:
         except jinja2.TemplateError as exc:
             raise ComponentError(f"template error: {exc}") from None
 
-    def run_module(self, request: dict[str, Any], timeout: float | None) -> JobResult:
+    def run_module(self, request: dict[str, Any], timeout: float | None, raw: bool = False) -> JobResult:
         from accelerator import zygote
 
         with self._lock:
             if self._zygote is None:
                 self._zygote = zygote.Zygote(self.config.home / "zygote")
-        return zygote.run_in_zygote(self._zygote, request, timeout)
+        return zygote.run_in_zygote(self._zygote, request, timeout, raw)

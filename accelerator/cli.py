@@ -42,6 +42,7 @@ def cmd_server(args: argparse.Namespace) -> int:
         insecure=args.insecure,
         heartbeat_interval=args.heartbeat,
         expiry=args.expiry,
+        idle_timeout=args.idle_timeout,
     )
     if args.insecure:
         print("WARNING: --insecure: agents are not authenticated and traffic is plaintext", file=sys.stderr)
@@ -270,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--insecure", action="store_true", help="no Curve: plaintext and unauthenticated")
     server.add_argument("--heartbeat", type=float, default=1.0, help="heartbeat interval in seconds")
     server.add_argument("--expiry", type=float, default=10.0, help="seconds of silence before an agent expires")
+    server.add_argument("--idle-timeout", type=float,
+                        help="exit after this many seconds without client requests or outstanding jobs")
     server.set_defaults(func=cmd_server)
 
     agent = sub.add_parser("agent", help="run an agent")

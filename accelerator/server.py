@@ -39,6 +39,9 @@ class ServerConfig:
     insecure: bool = False
     heartbeat_interval: float = 1.0
     expiry: float = 10.0
+    # Exit after this long without client requests and with no job outstanding: the server an
+    # Ansible run starts on demand must not outlive its usefulness.
+    idle_timeout: float | None = None
 
     @property
     def control(self) -> str:
@@ -86,6 +89,7 @@ class Server:
         self.outstanding: dict[str, set[str]] = {}
         self.rejected: Counter[str] = Counter()
         self._running = False
+        self._last_request = time.monotonic()
         secret = None
         if not config.insecure:
             secret = keys.write_keypair(self.keys_dir, "server").secret
@@ -134,6 +138,7 @@ class Server:
                     self._drain()
                     self.expire_silent_agents()
                     self.store.flush()
+                    self._exit_when_idle()
                     next_tick = time.monotonic() + self.config.heartbeat_interval
         finally:
             self.store.close()
@@ -141,6 +146,12 @@ class Server:
 
     def stop(self) -> None:
         self._running = False
+
+    def _exit_when_idle(self) -> None:
+        idle = self.config.idle_timeout
+        if idle is not None and not self.outstanding and time.monotonic() - self._last_request > idle:
+            log.info("no client request for %.0f s and no job outstanding; exiting", idle)
+            self.stop()
 
     def _drain(self) -> None:
         """Handle everything already waiting before judging anyone silent.
@@ -172,6 +183,7 @@ class Server:
             except (ProtocolError, BlobError, ValueError, KeyError, TypeError) as exc:
                 self._reject(incoming, str(exc), msg)
             return
+        self._last_request = time.monotonic()
         control = self._control_handlers.get(msg.kind)
         if control is None:
             self._reject(incoming, f"{msg.kind.value} is not a client request", msg)

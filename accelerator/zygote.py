@@ -348,14 +348,20 @@ def _kill_group(pgid: int) -> None:
 # From a module's output to a JobResult
 
 
-def run_in_zygote(zygote: Zygote, request: Mapping[str, Any], timeout: float | None) -> JobResult:
-    """Run one module (a ModuleRequest) for the agent's ExecContext.run_module, as a JobResult."""
+def run_in_zygote(zygote: Zygote, request: Mapping[str, Any], timeout: float | None, raw: bool = False) -> JobResult:
+    """Run one module (a ModuleRequest) for the agent's ExecContext.run_module, as a JobResult.
+
+    raw: rc, stdout and stderr as the process left them, for a caller that interprets them.
+    """
     started = time.time()
     try:
         with _staged_files(request, zygote.workdir) as staged:
             outcome = zygote.run(staged, timeout)
     except (ZygoteError, OSError, KeyError, ValueError) as exc:
         return JobResult.failure(f"ANSIBLE: cannot run module: {exc}")
+    if raw and not outcome.error:
+        return JobResult(state=JobState.SUCCESS, rc=outcome.rc, stdout=outcome.stdout, stderr=outcome.stderr,
+                         started=started, ended=time.time())
     return module_result(outcome, started, timeout)
 
 

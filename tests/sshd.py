@@ -98,6 +98,7 @@ AllowUsers {self.user}
 MaxStartups 200:30:400
 MaxSessions 200
 PrintMotd no
+Subsystem sftp internal-sftp
 """
 
     def _wait_listening(self) -> None:

@@ -73,6 +73,24 @@ def _ansible() -> type[Component]:
     return Ansible
 
 
+def _exec() -> type[Component]:
+    from accelerator.components.remote import Exec
+
+    return Exec
+
+
+def _put() -> type[Component]:
+    from accelerator.components.remote import Put
+
+    return Put
+
+
+def _fetch() -> type[Component]:
+    from accelerator.components.remote import Fetch
+
+    return Fetch
+
+
 REGISTRY: dict[str, Callable[[], type[Component]]] = {
     "RUN": _run,
     "ARG": _arg,
@@ -84,6 +102,9 @@ REGISTRY: dict[str, Callable[[], type[Component]]] = {
     "SERVICE": _service,
     "PKG": _pkg,
     "ANSIBLE": _ansible,
+    "EXEC": _exec,
+    "PUT": _put,
+    "FETCH": _fetch,
 }
 
 

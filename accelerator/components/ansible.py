@@ -124,7 +124,7 @@ class Ansible(Component):
             request = _request(args, ctx)
         except (ValueError, OSError, KeyError, TimeoutError) as exc:  # ComponentError, BlobError: ValueError
             return JobResult.failure(f"ANSIBLE {args.get('module', '?')}: cannot fetch the payload: {exc}")
-        return ctx.run_module(request, args.get("timeout"))
+        return ctx.run_module(request, args.get("timeout"), raw=bool(args.get("raw")))
 
 
 def _module_args_from_text(module: str, text: str) -> dict[str, Any]:
@@ -165,7 +165,7 @@ def _stage_copy_content(fqcn: str, module_args: dict[str, Any]) -> tuple[dict[st
 
 def _request(args: dict[str, Any], ctx: ExecContext) -> dict[str, Any]:
     """The zygote request for this job: local paths of the cached blobs plus the arguments."""
-    common = {"cwd": None, "env": dict(ctx.environment)}
+    common = {"cwd": args.get("cwd"), "env": {**ctx.environment, **(args.get("env") or {})}}
     if args["payload"] == "script":
         return {
             **common, "kind": "script", "script_path": str(ctx.fetch_blob(args["sha256"])),

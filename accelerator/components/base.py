@@ -51,8 +51,12 @@ class ExecContext(Protocol):
     def render(self, text: str) -> str:
         """Expand {{ variables }} in text (Jinja2), or raise ComponentError naming the variable."""
 
-    def run_module(self, request: dict[str, Any], timeout: float | None) -> JobResult:
-        """Run an Ansible module in a child forked from the warm zygote."""
+    def run_module(self, request: dict[str, Any], timeout: float | None, raw: bool = False) -> JobResult:
+        """Run an Ansible module in a child forked from the warm zygote.
+
+        raw: report the process's rc and output as they are (the connection plugin hands them
+        to Ansible, which interprets them itself) instead of turning the JSON into a result.
+        """
 
 
 class _Parser(argparse.ArgumentParser):

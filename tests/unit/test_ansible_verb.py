@@ -121,9 +121,9 @@ class ModuleContext(LocalContext):
 
     zygote: Zygote | None = None
 
-    def run_module(self, request: dict[str, Any], timeout: float | None) -> JobResult:
+    def run_module(self, request: dict[str, Any], timeout: float | None, raw: bool = False) -> JobResult:
         assert self.zygote is not None
-        return run_in_zygote(self.zygote, request, timeout)
+        return run_in_zygote(self.zygote, request, timeout, raw)
 
 
 def write_module(directory: Path, name: str, source: str) -> Path:
