@@ -632,6 +632,8 @@ class _Server:
 
     def _fork(self, request: dict[str, Any]) -> _ChildTask | None:
         """Fork one run; in the child, return its task (the zygote's loop must not continue there)."""
+        if request.get("zip_path"):
+            request["tree"] = self._tree_for(str(request["zip_path"]))
         try:
             stdout = tempfile.TemporaryFile(dir=self.workdir)
             stderr = tempfile.TemporaryFile(dir=self.workdir)
@@ -646,6 +648,30 @@ class _Server:
         deadline = time.monotonic() + timeout if isinstance(timeout, (int, float)) else None
         self.running[pid] = _Running(request["id"], stdout, stderr, deadline)
         return None
+
+    def _tree_for(self, zip_path: str) -> str | None:
+        """The zip unpacked once, with its bytecode compiled, so that children import without compiling.
+
+        Imports from a zip compile every source file in every run (zipimport caches no
+        bytecode); from this directory a child only reads .pyc files.  None (run from the zip)
+        when it cannot be made.
+        """
+        tree = self.workdir / "trees" / Path(zip_path).name
+        if tree.is_dir():
+            return str(tree)
+        import compileall
+
+        try:
+            tree.parent.mkdir(parents=True, exist_ok=True)
+            partial = Path(tempfile.mkdtemp(dir=tree.parent, prefix=".partial-"))
+            with zipfile.ZipFile(zip_path) as archive:
+                archive.extractall(partial)
+            compileall.compile_dir(str(partial), quiet=2, ddir=str(tree), workers=1)
+            os.rename(partial, tree)
+        except (OSError, zipfile.BadZipFile, ValueError) as exc:
+            log.warning("zygote: cannot unpack %s: %s", zip_path, exc)
+            return None
+        return str(tree)
 
     def _forget_in_child(self) -> None:
         """Drop the zygote's resources so a module cannot touch the socket or other runs' output."""
@@ -724,7 +750,40 @@ def _read_capped(handle: IO[bytes]) -> bytes:
 
 
 def _run_child(task: _ChildTask) -> None:
-    """Become the module, as the AnsiballZ wrapper would, then let its SystemExit end the process."""
+    """Become the module, as the AnsiballZ wrapper would, and end when the module exits."""
+    try:
+        _become_module(task)
+    except SystemExit as exit_request:
+        _exit_quickly(exit_request.code)
+    raise RuntimeError("run_module returned instead of exiting")
+
+
+def _exit_quickly(code: object) -> None:
+    """End the child as SystemExit would, minus the interpreter's teardown.
+
+    Tearing down every module and collecting the heap a forked child shares with the zygote
+    costs more than many modules take to run.  Nothing is lost by skipping it: atexit handlers
+    (AnsibleModule cleans its temporary directory in one) still run and output is flushed.
+    """
+    import atexit
+
+    if code is None:
+        status = 0
+    elif isinstance(code, int):
+        status = code
+    else:
+        print(code, file=sys.stderr)
+        status = 1
+    try:
+        atexit._run_exitfuncs()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(status & 0xFF)
+
+
+def _become_module(task: _ChildTask) -> None:
     os.setsid()
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
@@ -739,9 +798,10 @@ def _run_child(task: _ChildTask) -> None:
         os.chdir(request["cwd"])
     os.environ.update(request.get("env") or {})
     zip_path = str(request["zip_path"])
+    library = str(request.get("tree") or zip_path)
     del sys.argv[1:]
-    sys.path[:] = [zip_path, *task.module_path]
-    _graft_packages(zip_path)
+    sys.path[:] = [library, *task.module_path]
+    _graft_packages(library)
     loader = importlib.import_module(_LOADER_MODULE)
     loader.run_module(
         json_params=str(request["params"]).encode(),
@@ -750,7 +810,6 @@ def _run_child(task: _ChildTask) -> None:
         modlib_path=zip_path,
         extensions=request.get("extensions") or {},
     )
-    raise RuntimeError("run_module returned instead of exiting")
 
 
 def _apply_rlimit_nofile(wanted: int) -> None:
@@ -766,7 +825,7 @@ def _apply_rlimit_nofile(wanted: int) -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (requested, hard))
 
 
-def _graft_packages(zip_path: str) -> None:
+def _graft_packages(library: str) -> None:
     """Look in this run's zip first for anything under the preloaded `ansible` packages.
 
     The preloaded packages' __path__ point into the zip they were imported from, which holds
@@ -776,7 +835,7 @@ def _graft_packages(zip_path: str) -> None:
     for name, module in list(sys.modules.items()):
         path = getattr(module, "__path__", None)
         if (name == "ansible" or name.startswith("ansible.")) and isinstance(path, list):
-            path.insert(0, os.path.join(zip_path, *name.split(".")))
+            path.insert(0, os.path.join(library, *name.split(".")))
 
 
 def _load_replay(path: Path) -> list[dict[str, Any]]:

@@ -283,7 +283,7 @@ class Connection(ConnectionBase):
         the AnsiballZ wrapper on stdin; anything else (become, another interpreter, an old-style
         module) runs as the command it is.
         """
-        if not in_data or b"_ansiballz_main" not in in_data[-4096:]:
+        if not in_data or b"def _ansiballz_main(" not in in_data:
             return None
         words = _shell_words(cmd)
         if len(words) != 3 or words[1] != "-c":
