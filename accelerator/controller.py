@@ -86,6 +86,7 @@ class Controller:
                      "--bind", self.settings.agent_endpoint, "--idle-timeout", str(self.settings.idle_timeout)],
                     stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True,
                 )
+            (home / "server.pid").write_text(f"{process.pid}\n")
             deadline = time.monotonic() + SERVER_START_SECONDS
             while time.monotonic() < deadline:
                 if process.poll() is not None:
