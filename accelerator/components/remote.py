@@ -123,14 +123,15 @@ class Fetch(_MapOnly):
             return JobResult.failure("FETCH: needs a path and a non-negative offset")
         try:
             with open(path, "rb") as reader:
-                size = os.fstat(reader.fileno()).st_size
+                info = os.fstat(reader.fileno())
+                size, mode = info.st_size, info.st_mode & 0o7777
                 reader.seek(offset)
                 data = reader.read(FETCH_CHUNK)
         except OSError as exc:
             return JobResult.failure(f"FETCH {path}: {exc}")
         return JobResult(
             state=JobState.SUCCESS, rc=0, started=started, ended=time.time(),
-            data={"data": data, "size": size, "eof": offset + len(data) >= size},
+            data={"data": data, "size": size, "eof": offset + len(data) >= size, "mode": mode},
         )
 
 

@@ -102,6 +102,7 @@ options:
 """
 
 import getpass
+import os
 import re
 import shlex
 from pathlib import Path
@@ -246,15 +247,16 @@ class Connection(ConnectionBase):
     def fetch_file(self, in_path: str, out_path: str) -> None:
         super().fetch_file(in_path, out_path)
         self._connect()
-        offset = 0
-        with open(out_path, "wb") as target:
+        result = self._job("FETCH", {"path": in_path, "offset": 0}, check=True)
+        # Created with the remote file's mode (less the umask), as sftp's get does over ssh.
+        descriptor = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, result.data.get("mode", 0o644))
+        with os.fdopen(descriptor, "wb") as target:
             while True:
-                result = self._job("FETCH", {"path": in_path, "offset": offset}, check=True)
                 data = result.data.get("data", b"")
                 target.write(data)
-                offset += len(data)
                 if result.data.get("eof") or not data:
                     return
+                result = self._job("FETCH", {"path": in_path, "offset": target.tell()}, check=True)
 
     def close(self) -> None:
         self._connected = False

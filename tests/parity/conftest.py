@@ -46,7 +46,9 @@ def parity_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, o
         "DIRECTORD_ACCELERATOR_REMOTE_DIR": str(remote_dir / "agents-home"),
         "DIRECTORD_ACCELERATOR_IDLE_TIMEOUT": "120",
     }
-    yield {"inventory": inventory, "base": base, "env": accelerator_env, "hosts": hosts}
+    roots = Path(tempfile.mkdtemp(prefix="directord-parity-roots-"))  # where playbooks write; see harness.public_dir
+    roots.chmod(0o755)
+    yield {"inventory": inventory, "base": base, "env": accelerator_env, "hosts": hosts, "roots": roots}
     for pidfile in [*remote_dir.glob("agents-home/agents/*/agent.pid"), server_home / "server.pid"]:
         try:
             os.kill(int(pidfile.read_text().split()[0]), signal.SIGTERM)
@@ -55,3 +57,4 @@ def parity_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, o
     hosts.stop()
     SUDOERS.unlink(missing_ok=True)
     shutil.rmtree(remote_dir, ignore_errors=True)
+    shutil.rmtree(roots, ignore_errors=True)

@@ -29,7 +29,10 @@ RUN_TIMEOUT = 300
 VOLATILE_KEYS = frozenset({
     "start", "end", "delta", "mtime", "atime", "ctime", "inode", "ansible_job_id", "results_file",
     "_ansible_no_log", "_ansible_verbose_always", "_ansible_verbose_override", "attempts_time",
+    "_original_basename",  # copy content=: the name of a random local temporary file
 })
+# In a stat result: the inode's generation number, random for every new file.
+VOLATILE_STAT_KEYS = frozenset({"version"})
 _TMP_PATH = re.compile(r"/[^\s'\"]*?/\.ansible/tmp/ansible-(?:local|tmp)-[^/\s'\"]+(?:/[^\s'\"]*)?")
 _JOB_ID = re.compile(r"j\d{6,}\.\d+")
 _BACKUP_STAMP = re.compile(r"\.\d+\.\d{4}-\d{2}-\d{2}@\d{2}:\d{2}:\d{2}~")
@@ -49,10 +52,17 @@ class Case:
     playbook: str
     strategy: str = "linear"
     args: list[str] = field(default_factory=list)
+    # "strategy": ours = our strategy; "connection": ours = the stock strategy with our
+    # connection plugin as every host's ansible_connection.
+    mode: str = "strategy"
+    # What stock ansible-playbook must exit with: a case that fails by accident (a typo, a
+    # permission problem) would otherwise "match" by failing the same way in both runs.
+    stock_rc: int = 0
 
     @property
     def id(self) -> str:
-        return Path(self.playbook).stem + ("" if self.strategy == "linear" else f"-{self.strategy}")
+        suffix = "" if self.strategy == "linear" else f"-{self.strategy}"
+        return Path(self.playbook).stem + suffix + ("" if self.mode == "strategy" else f"-{self.mode}")
 
 
 def ansible_playbook() -> str:
@@ -65,7 +75,8 @@ def run_playbook(case: Case, inventory: Path, root: Path, work: Path, accelerate
     root.mkdir(parents=True, exist_ok=True)
     root.chmod(0o777)  # the login user writes here
     record = work / f"record-{'ours' if accelerated else 'stock'}.json"
-    strategy = f"directord.accelerator.{case.strategy}" if accelerated else case.strategy
+    strategy = f"directord.accelerator.{case.strategy}" if accelerated and case.mode == "strategy" else case.strategy
+    connection = ["-e", "ansible_connection=directord.accelerator.agent"] if accelerated and case.mode == "connection" else []
     env = {
         **os.environ,
         "ANSIBLE_STRATEGY": strategy,
@@ -73,6 +84,9 @@ def run_playbook(case: Case, inventory: Path, root: Path, work: Path, accelerate
         "ANSIBLE_CALLBACK_PLUGINS": str(CALLBACKS),
         "ANSIBLE_CALLBACKS_ENABLED": "parity_record",
         "ANSIBLE_HOST_KEY_CHECKING": "False",
+        # Stock runs pipeline too (one ssh command per module instead of four): the suite stays
+        # fast, and ours pipelines always, so both runs ship modules the same way.
+        "ANSIBLE_PIPELINING": "True",
         "ANSIBLE_RETRY_FILES_ENABLED": "False",
         "ANSIBLE_NOCOLOR": "1",
         "ANSIBLE_FORCE_COLOR": "0",
@@ -81,7 +95,7 @@ def run_playbook(case: Case, inventory: Path, root: Path, work: Path, accelerate
         **extra_env,
     }
     completed = subprocess.run(
-        [ansible_playbook(), "-i", str(inventory), str(PLAYBOOKS / case.playbook), "-e", f"root={root}", *case.args],
+        [ansible_playbook(), "-i", str(inventory), str(PLAYBOOKS / case.playbook), "-e", f"root={root}", *connection, *case.args],
         capture_output=True, text=True, timeout=RUN_TIMEOUT, env=env, cwd=work,
     )
     output = completed.stdout + completed.stderr
@@ -96,12 +110,13 @@ def run_playbook(case: Case, inventory: Path, root: Path, work: Path, accelerate
     return Run(completed.returncode, output, raw["recap"], per_host, snapshot(root))
 
 
-def normalize(value: Any, root: Path) -> Any:
+def normalize(value: Any, root: Path, parent: str = "") -> Any:
     """The value with run-specific parts made equal: timings dropped, root and temp paths replaced."""
     if isinstance(value, dict):
-        return {key: normalize(item, root) for key, item in value.items() if key not in VOLATILE_KEYS}
+        dropped = VOLATILE_KEYS | (VOLATILE_STAT_KEYS if parent == "stat" else frozenset())
+        return {key: normalize(item, root, key) for key, item in value.items() if key not in dropped}
     if isinstance(value, list):
-        return [normalize(item, root) for item in value]
+        return [normalize(item, root, parent) for item in value]
     if isinstance(value, str):
         text = value.replace(str(root), "ROOT")
         text = _TMP_PATH.sub("TMP", text)
@@ -131,8 +146,19 @@ def snapshot(root: Path) -> dict[str, Any]:
     return files
 
 
-def assert_same(stock: Run, ours: Run) -> None:
+def public_dir(parent: Path, name: str) -> Path:
+    """A directory the login user can reach and write (pytest's own temp dirs are private to root)."""
+    path = parent / name
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o777)
+    return path
+
+
+def assert_same(stock: Run, ours: Run, case: Case) -> None:
     """Equal in every compared respect; the message shows the first difference and both outputs."""
+    if stock.rc != case.stock_rc:
+        raise AssertionError(f"the stock run of {case.playbook} exited {stock.rc}, expected {case.stock_rc}:\n"
+                             f"{stock.output[-4000:]}")
     def fail(what: str, left: Any, right: Any) -> None:
         raise AssertionError(
             f"{what} differ\n--- stock ---\n{json.dumps(left, indent=1, sort_keys=True)[:6000]}\n"
@@ -153,6 +179,37 @@ def assert_same(stock: Run, ours: Run) -> None:
                  [e["task"] + " " + e["status"] for e in right])
         for one, other in zip(left, right):
             if one != other:
-                fail(f"results of {host} for task {one['task']}", one, other)
+                fail(f"results of {host} for task {one['task']} ({'; '.join(differences(one, other))})", one, other)
     if stock.files != ours.files:
-        fail("files under the root", stock.files, ours.files)
+        fail(f"files under the root ({'; '.join(differences(stock.files, ours.files))})", stock.files, ours.files)
+
+
+def differences(left: Any, right: Any, where: str = "") -> list[str]:
+    """Paths (a.b[2].c) at which two JSON values differ, to name the difference in a failure."""
+    if isinstance(left, dict) and isinstance(right, dict):
+        found = []
+        for key in sorted(set(left) | set(right), key=str):
+            if key not in left or key not in right:
+                found.append(f"{where}.{key} only in {'ours' if key in right else 'stock'}")
+            else:
+                found.extend(differences(left[key], right[key], f"{where}.{key}"))
+        return found
+    if isinstance(left, list) and isinstance(right, list) and len(left) == len(right):
+        return [d for index, (a, b) in enumerate(zip(left, right)) for d in differences(a, b, f"{where}[{index}]")]
+    return [] if left == right else [f"{where}: {left!r} != {right!r}"[:300]]
+
+
+def jobs_by_verb(server_home: Path) -> dict[str, int]:
+    """How many jobs of each verb the accelerated runs' server has seen: proof that a run used the agents."""
+    from accelerator.client import Client, ServerUnreachable
+    from accelerator.protocol import Kind
+
+    counts: dict[str, int] = {}
+    try:
+        with Client(server_home, timeout=5.0) as client:
+            jobs = client.request(Kind.JOBS)["jobs"]
+    except ServerUnreachable:
+        return counts
+    for job in jobs:
+        counts[job["verb"]] = counts.get(job["verb"], 0) + 1
+    return counts

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.parity.harness import Case, assert_same, run_playbook
+from tests.parity.harness import Case, assert_same, public_dir, run_playbook
 
 CASES = [
     Case("files_and_commands.yml"),
@@ -17,7 +17,7 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
 def test_same_outcome_as_stock_ansible(case: Case, parity_env: dict, tmp_path: Path) -> None:
     inventory, env = parity_env["inventory"], parity_env["env"]
-    stock = run_playbook(case, inventory, tmp_path / "stock-root", tmp_path, accelerated=False, extra_env=env)
-    ours = run_playbook(case, inventory, tmp_path / "our-root", tmp_path, accelerated=True, extra_env=env)
+    stock = run_playbook(case, inventory, public_dir(parity_env["roots"], f"{tmp_path.name}-stock"), tmp_path, accelerated=False, extra_env=env)
+    ours = run_playbook(case, inventory, public_dir(parity_env["roots"], f"{tmp_path.name}-accel"), tmp_path, accelerated=True, extra_env=env)
     assert stock.per_host, f"the stock run produced no results:\n{stock.output[-3000:]}"
-    assert_same(stock, ours)
+    assert_same(stock, ours, case)
