@@ -48,6 +48,7 @@ class AgentConfig:
     allowed_roots: tuple[Path, ...] = (Path("/"),)
     heartbeat_interval: float = 1.0
     idle_timeout: float | None = None  # exit after this long without work (bootstrapped agents)
+    warm_zygote: bool = False  # start the module zygote at once (agents that serve Ansible runs)
 
 
 @dataclass(slots=True)
@@ -145,6 +146,8 @@ class Agent:
             signal.signal(signal.SIGTERM, lambda *_: self.stop())
         interval = self.config.heartbeat_interval
         self.hello()
+        if self.config.warm_zygote:
+            threading.Thread(target=self._zygote_instance, name="zygote-start", daemon=True).start()
         next_beat = time.monotonic() + interval
         try:
             while self._running:
@@ -414,7 +417,14 @@ class Agent:
     def run_module(self, request: dict[str, Any], timeout: float | None, raw: bool = False) -> JobResult:
         from accelerator import zygote
 
+        return zygote.run_in_zygote(self._zygote_instance(), request, timeout, raw)
+
+    def _zygote_instance(self) -> Any:
+        """The zygote, started on first use (or at start with warm_zygote, so the first module need not wait)."""
+        from accelerator import zygote
+
         with self._lock:
             if self._zygote is None:
                 self._zygote = zygote.Zygote(self.config.home / "zygote")
-        return zygote.run_in_zygote(self._zygote, request, timeout, raw)
+                self._zygote.start()
+            return self._zygote

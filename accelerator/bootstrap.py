@@ -138,7 +138,7 @@ if not running:
     with open(home / "agent.log", "ab") as log:
         agent = subprocess.Popen(
             [sys.executable, "-c", main, lib, "agent", "--agent-home", str(home), "--server", server,
-             "--name", name, "--idle-timeout", idle],
+             "--name", name, "--idle-timeout", idle, "--warm-zygote"],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True)
     pidfile.write_text("%d\n%s\n" % (agent.pid, wanted))
 print(json.dumps({"public_key": pair.public, "started": not running}))

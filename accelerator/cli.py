@@ -72,6 +72,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         allowed_roots=tuple(Path(p).resolve() for p in args.allowed_root) or (Path("/"),),
         heartbeat_interval=args.heartbeat,
         idle_timeout=args.idle_timeout,
+        warm_zygote=args.warm_zygote,
     )
     Agent(config).run()
     return 0
@@ -286,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="directory file-writing verbs may write below (repeatable; default /)")
     agent.add_argument("--heartbeat", type=float, default=1.0)
     agent.add_argument("--idle-timeout", type=float, help="exit after this many seconds without jobs")
+    agent.add_argument("--warm-zygote", action="store_true",
+                       help="start the Ansible module zygote at once instead of on the first module")
     agent.set_defaults(func=cmd_agent)
 
     for name, func, help_text in (("exec", cmd_exec, "run one verb"),

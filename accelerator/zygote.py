@@ -162,6 +162,10 @@ class Zygote:
                     raise
         return connection.wait(answer, timeout)
 
+    def start(self) -> None:
+        """Start the zygote process now rather than on the first run."""
+        self._connected()
+
     def close(self) -> None:
         with self._lock:
             if self._connection is not None:
@@ -650,23 +654,20 @@ class _Server:
         return None
 
     def _tree_for(self, zip_path: str) -> str | None:
-        """The zip unpacked once, with its bytecode compiled, so that children import without compiling.
+        """The zip unpacked once, so that children import from a directory that keeps bytecode.
 
         Imports from a zip compile every source file in every run (zipimport caches no
-        bytecode); from this directory a child only reads .pyc files.  None (run from the zip)
-        when it cannot be made.
+        bytecode); from this directory the first child to import a file writes its .pyc and
+        later children only read it.  None (run from the zip) when it cannot be made.
         """
         tree = self.workdir / "trees" / Path(zip_path).name
         if tree.is_dir():
             return str(tree)
-        import compileall
-
         try:
             tree.parent.mkdir(parents=True, exist_ok=True)
             partial = Path(tempfile.mkdtemp(dir=tree.parent, prefix=".partial-"))
             with zipfile.ZipFile(zip_path) as archive:
                 archive.extractall(partial)
-            compileall.compile_dir(str(partial), quiet=2, ddir=str(tree), workers=1)
             os.rename(partial, tree)
         except (OSError, zipfile.BadZipFile, ValueError) as exc:
             log.warning("zygote: cannot unpack %s: %s", zip_path, exc)
