@@ -258,6 +258,14 @@ class Connection(ConnectionBase):
                     return
                 result = self._job("FETCH", {"path": in_path, "offset": target.tell()}, check=True)
 
+    def update_vars(self, variables: dict[str, Any]) -> None:
+        """The magic connection variables (ansible_connection, ansible_host, ...) a task sees are
+        those of the host's own connection when there is one, as in a stock run."""
+        if self.inner is not None:
+            self.inner.update_vars(variables)
+        else:
+            super().update_vars(variables)
+
     def close(self) -> None:
         self._connected = False
 

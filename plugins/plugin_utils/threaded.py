@@ -15,6 +15,7 @@ What a thread cannot do runs in a forked worker as before: a task with a `timeou
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import threading
 import time
@@ -22,7 +23,6 @@ import traceback
 from typing import Any
 
 from ansible.executor.task_executor import TaskExecutor
-from ansible.executor.task_result import _RawTaskResult
 from ansible.plugins.loader import PluginLoader, get_plugin_loader_namespace
 from ansible.template import Templar
 from ansible.utils.display import Display
@@ -33,6 +33,11 @@ display = Display()
 
 AGENT_CONNECTION = "directord.accelerator.agent"
 _plugin_import_lock = threading.RLock()
+
+# ansible-core 2.21+ runs a task inside an ambient TaskContext instead of passing it to TaskExecutor.
+_TASK_CONTEXT: Any = None
+if "task" not in inspect.signature(TaskExecutor.__init__).parameters:
+    from ansible._internal._task import TaskContext as _TASK_CONTEXT
 
 
 def _serialise_plugin_imports() -> None:
@@ -128,9 +133,22 @@ class ThreadWorker:
         # TaskExecutor templates and post-validates the task and play context in place; a forked
         # worker does that to its own copy, so a thread must too.
         task = self._task.copy(exclude_parent=False, exclude_tasks=True)
+        play_context = self._play_context.copy()
+        try:
+            if _TASK_CONTEXT is None:
+                self._run_with_task_argument(task, play_context)
+            else:
+                self._run_in_task_context(task, play_context)
+        finally:
+            self.exitcode = 0
+
+    def _run_with_task_argument(self, task: Any, play_context: Any) -> None:
+        """ansible-core up to 2.20: TaskExecutor takes the task and its variables, returns a dict."""
+        from ansible.executor.task_result import _RawTaskResult
+
         try:
             result = AgentTaskExecutor(
-                self._host, task, self._task_vars, self._play_context.copy(), self._loader,
+                self._host, task, self._task_vars, play_context, self._loader,
                 get_plugin_loader_namespace(), self._final_q, self._variable_manager,
             ).run()
         except Exception as exc:  # TaskExecutor reports task errors itself; this is a bug, still a result
@@ -139,7 +157,26 @@ class ThreadWorker:
         self._final_q.send_task_result(_RawTaskResult(
             host=self._host, task=self._task, return_data=result, task_fields=task.dump_attrs(),
         ))
-        self.exitcode = 0
+
+    def _run_in_task_context(self, task: Any, play_context: Any) -> None:
+        """ansible-core 2.21+: the task lives in an ambient TaskContext (per thread), results are objects."""
+        from ansible._internal._task import UnifiedTaskResult
+
+        task.squash()
+        try:
+            with _TASK_CONTEXT.create(task=task, task_vars=self._task_vars, host_name=self._host.name):
+                result = AgentTaskExecutor(
+                    self._host, play_context, self._loader, get_plugin_loader_namespace(), self._final_q,
+                    self._variable_manager,
+                ).run()
+                result.finalize_registered_values()
+        except Exception as exc:  # TaskExecutor reports task errors itself; this is a bug, still a result
+            result = UnifiedTaskResult.create_from_action_exception(exc)
+            result.finalize_registered_values()
+        # callbacks read these from the task, resolved after the loop, as a forked worker sends them
+        task.ignore_errors = result.ignore_errors
+        task.ignore_unreachable = result.ignore_unreachable
+        self._final_q.send_task_result(self._host, task, result)
 
 
 class ThreadedWorkersMixin:
