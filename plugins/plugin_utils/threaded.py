@@ -63,6 +63,34 @@ def _serialise_plugin_imports() -> None:
 
 _serialise_plugin_imports()
 
+_ast_lock = threading.RLock()
+
+
+def _serialise_ast_parse() -> None:
+    """Parse Python source one thread at a time.
+
+    Jinja compiles every string literal with ast.literal_eval; on Python 3.11 the parser's
+    recursion counter is shared by the interpreter, and a thread switch in the middle of one
+    parse (a finaliser running, say) fails another with "AST constructor recursion depth
+    mismatch".  Forked workers never parse concurrently; threads must not either.
+    """
+    import ast
+
+    original = ast.parse
+    if getattr(original, "directord_serialised", False):
+        return
+
+    @functools.wraps(original)
+    def parse(*args: Any, **kwargs: Any) -> Any:
+        with _ast_lock:
+            return original(*args, **kwargs)
+
+    parse.directord_serialised = True  # type: ignore[attr-defined]
+    ast.parse = parse
+
+
+_serialise_ast_parse()
+
 
 class AgentTaskExecutor(TaskExecutor):
     """TaskExecutor whose connection is the host's agent, wrapped around the host's own connection.
@@ -139,8 +167,13 @@ class ThreadWorker:
                 self._run_with_task_argument(task, play_context)
             else:
                 self._run_in_task_context(task, play_context)
-        finally:
-            self.exitcode = 0
+        except BaseException:
+            # Without a result the strategy would wait for this task forever; a non-zero exit code
+            # makes it stop with "A worker was found in a dead state", as for a dead forked worker.
+            display.error(f"accelerated worker for {self._host.name} died:\n{traceback.format_exc()}")
+            self.exitcode = 1
+            raise
+        self.exitcode = 0
 
     def _run_with_task_argument(self, task: Any, play_context: Any) -> None:
         """ansible-core up to 2.20: TaskExecutor takes the task and its variables, returns a dict."""

@@ -58,11 +58,14 @@ class Case:
     # What stock ansible-playbook must exit with: a case that fails by accident (a typo, a
     # permission problem) would otherwise "match" by failing the same way in both runs.
     stock_rc: int = 0
+    env: dict[str, str] = field(default_factory=dict)  # for both runs
 
     @property
     def id(self) -> str:
         suffix = "" if self.strategy == "linear" else f"-{self.strategy}"
-        return Path(self.playbook).stem + suffix + ("" if self.mode == "strategy" else f"-{self.mode}")
+        # extra arguments name the case too: ["--tags", "x"] -> "-tags-x"
+        extra = "".join(f"-{arg.lstrip('-')}" for arg in self.args)
+        return Path(self.playbook).stem + suffix + extra + ("" if self.mode == "strategy" else f"-{self.mode}")
 
 
 def ansible_playbook() -> str:
@@ -93,6 +96,7 @@ def run_playbook(case: Case, inventory: Path, root: Path, work: Path, accelerate
         "ANSIBLE_LOCAL_TEMP": str(work / "local-tmp"),
         "PARITY_RECORD": str(record),
         **extra_env,
+        **case.env,
     }
     completed = subprocess.run(
         [ansible_playbook(), "-i", str(inventory), str(PLAYBOOKS / case.playbook), "-e", f"root={root}", *connection, *case.args],
