@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shlex
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ def cache_blob(data: bytes, suffix: str) -> tuple[str, Path]:
     path = payload_cache_dir() / f"{sha}{suffix}"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.{os.getpid()}")
+        partial = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")  # threads of one process too
         partial.write_bytes(data)
         os.replace(partial, path)
     return sha, path

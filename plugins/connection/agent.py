@@ -258,6 +258,15 @@ class Connection(ConnectionBase):
                     return
                 result = self._job("FETCH", {"path": in_path, "offset": target.tell()}, check=True)
 
+    def get_option(self, option: str, hostvars: dict[str, Any] | None = None) -> Any:
+        """Ours, else the host's own connection's (action plugins ask for ssh's `host`, for example)."""
+        try:
+            return super().get_option(option, hostvars=hostvars)
+        except (KeyError, AnsibleError):
+            if self.inner is None:
+                raise KeyError(option) from None
+            return self.inner.get_option(option, hostvars=hostvars)
+
     def update_vars(self, variables: dict[str, Any]) -> None:
         """The magic connection variables (ansible_connection, ansible_host, ...) a task sees are
         those of the host's own connection when there is one, as in a stock run."""
