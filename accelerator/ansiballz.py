@@ -20,6 +20,7 @@ import hashlib
 import io
 import json
 import shlex
+import threading
 import zipfile
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -34,6 +35,10 @@ _IGNORED_KEYWORDS = frozenset({"date_time"})
 _MAIN_GUARD = 'if __name__ == "__main__":'
 LOADER_IN_ZIP = "ansible/module_utils/_internal/_ansiballz/_loader.py"
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+_stable_zip_lock = threading.Lock()
+# How ansible-core writes the zip keyword (`f"{key}={value!r},"`, one per line): base64 needs no
+# escaping, so the literal is cut out as text instead of being parsed (it is most of the script).
+_ZIP_DATA_START = "\nzip_data='"
 
 # Module styles (ansible.executor.module_common) whose arguments travel in a separate file.
 _STYLES_WITH_ARGS_FILE = ("old", "non_native_want_json", "binary")
@@ -89,22 +94,28 @@ ModulePayload = ZipPayload | ScriptPayload
 
 
 def split_payload(b_module_data: bytes) -> ModulePayload:
-    """Split an AnsiballZ script into zip and arguments, or keep it whole when it is not one."""
+    """Split an AnsiballZ script into zip and arguments, or keep it whole when it is not one.
+
+    Called for every module a task runs: the zip (the same for every run of a module) is
+    decoded and normalised once per process, and only the small rest of the call is parsed.
+    """
     try:
         text = b_module_data.decode("utf-8")
     except UnicodeDecodeError:
         return ScriptPayload(b_module_data, reason="not UTF-8 text (binary module?)")
-    keywords = _main_call_keywords(text)
-    if isinstance(keywords, str):
-        return ScriptPayload(b_module_data, reason=keywords)
-    payload = _payload_from_keywords(keywords)
+    call = _main_call(text)
+    if isinstance(call, str):
+        return ScriptPayload(b_module_data, reason=call)
+    keywords, encoded_zip = call
+    payload = _payload_from_keywords(keywords, encoded_zip)
     if isinstance(payload, str):
         return ScriptPayload(b_module_data, reason=payload)
     return payload
 
 
-def _main_call_keywords(text: str) -> dict[str, ast.expr] | str:
-    """The keyword expressions of the trailing `_ansiballz_main(...)` call, or why there is none.
+def _main_call(text: str) -> tuple[dict[str, ast.expr], str | None] | str:
+    """The keyword expressions of the trailing `_ansiballz_main(...)` call and the zip's base64
+    text (None when it was not cut out; then it is among the keywords), or why there is none.
 
     Only the tail after the last `__main__` guard is parsed: the wrapper above it is large and
     of no interest, and parsing only the call keeps the split cheap.
@@ -112,8 +123,16 @@ def _main_call_keywords(text: str) -> dict[str, ast.expr] | str:
     start = text.rfind(_MAIN_GUARD)
     if start < 0 or "def _ansiballz_main(" not in text[:start]:
         return "no AnsiballZ wrapper"
+    tail = text[start:]
+    encoded_zip = None
+    begin = tail.find(_ZIP_DATA_START)
+    end = tail.find("'", begin + len(_ZIP_DATA_START)) if begin >= 0 else -1
+    if end >= 0:
+        begin += len(_ZIP_DATA_START)
+        encoded_zip = tail[begin:end]
+        tail = tail[:begin] + tail[end:]
     try:
-        tree = ast.parse(text[start:])
+        tree = ast.parse(tail)
     except (SyntaxError, ValueError) as exc:
         return f"cannot parse the AnsiballZ call: {exc}"
     if len(tree.body) != 1 or not isinstance(tree.body[0], ast.If) or len(tree.body[0].body) != 1:
@@ -131,10 +150,10 @@ def _main_call_keywords(text: str) -> dict[str, ast.expr] | str:
     missing = _REQUIRED_KEYWORDS - set(keywords)
     if missing:
         return f"missing AnsiballZ keywords: {', '.join(sorted(missing))}"
-    return keywords
+    return keywords, encoded_zip
 
 
-def _payload_from_keywords(keywords: dict[str, ast.expr]) -> ZipPayload | str:
+def _payload_from_keywords(keywords: dict[str, ast.expr], encoded_zip: str | None) -> ZipPayload | str:
     """Evaluate the literal keywords into a ZipPayload, or say which one is not what we expect."""
     values: dict[str, Any] = {}
     for name, node in keywords.items():
@@ -149,14 +168,12 @@ def _payload_from_keywords(keywords: dict[str, ast.expr]) -> ZipPayload | str:
     for name, kind in expected.items():
         if name in values and not isinstance(values[name], kind):
             return f"AnsiballZ keyword {name} is not a {kind.__name__}"
-    try:
-        zip_data = base64.b64decode(values["zip_data"], validate=True)
-    except (binascii.Error, ValueError):
-        return "AnsiballZ zip_data is not base64"
-    if not _zip_has_loader(zip_data):
-        return f"the AnsiballZ zip has no {LOADER_IN_ZIP} (an ansible-core release we do not know)"
+    with _stable_zip_lock:  # threads of one run ask for the same module at once: decode it once
+        zip_data = _stable_zip_from_base64(values["zip_data"] if encoded_zip is None else encoded_zip)
+    if isinstance(zip_data, str):
+        return zip_data
     return ZipPayload(
-        zip_data=_stable_zip(zip_data),
+        zip_data=zip_data,
         module_fqn=values["module_fqn"],
         ansible_module=values.get("ansible_module", values["module_fqn"]),
         profile=values["profile"],
@@ -164,6 +181,18 @@ def _payload_from_keywords(keywords: dict[str, ast.expr]) -> ZipPayload | str:
         extensions=values.get("extensions", {}),
         rlimit_nofile=values.get("rlimit_nofile", 0),
     )
+
+
+@functools.lru_cache(maxsize=64)
+def _stable_zip_from_base64(encoded: str) -> bytes | str:
+    """The zip the keyword holds, made stable (below), or what is wrong with it."""
+    try:
+        zip_data = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        return "AnsiballZ zip_data is not base64"
+    if not _zip_has_loader(zip_data):
+        return f"the AnsiballZ zip has no {LOADER_IN_ZIP} (an ansible-core release we do not know)"
+    return _stable_zip(zip_data)
 
 
 def _zip_has_loader(zip_data: bytes) -> bool:
@@ -175,7 +204,6 @@ def _zip_has_loader(zip_data: bytes) -> bool:
         return False
 
 
-@functools.lru_cache(maxsize=64)
 def _stable_zip(zip_data: bytes) -> bytes:
     """The same zip with every timestamp set to 1980-01-01, so that its sha256 depends on content only.
 
