@@ -28,6 +28,7 @@ from ansible.template import Templar
 from ansible.utils.display import Display
 
 from ansible_collections.directord.accelerator.plugins.plugin_utils import engine  # noqa: F401  (sys.path)
+from ansible_collections.directord.accelerator.plugins.plugin_utils import module_cache
 
 display = Display()
 
@@ -90,6 +91,7 @@ def _serialise_ast_parse() -> None:
 
 
 _serialise_ast_parse()
+module_cache.install()
 
 
 class AgentTaskExecutor(TaskExecutor):
