@@ -1,11 +1,13 @@
 """Start an agent on a host through a connection the controller already has (ssh, local, ...).
 
 Nothing needs to be installed on the host beyond a Python 3.9+: the controller ships a
-"bundle" (this package, plus pyzmq and msgpack when the host's Python lacks them) as a tar
-file, unpacks it under REMOTE_DIR/lib/BUNDLE_ID, and starts the agent from there, detached from
+"bundle" (this package, plus pyzmq and msgpack when the host's Python lacks them) as a gzipped
+tar, unpacked under REMOTE_DIR/lib/BUNDLE_ID, and starts the agent from there, detached from
 the connection.  The agent makes its own key pair on the host (the secret never travels); the
-controller enrolls the public key it prints.  Three round trips on a cold host (probe, upload,
-start), two when the bundle is already there, and none at all once the agent is connected.
+controller enrolls the public key it prints.  Two round trips on any host: a probe, then one
+command that unpacks the bundle (sent on its stdin when the host lacks it) and starts the
+agent; none at all once the agent is connected.  Every round trip counts: a cold playbook
+run starts all its hosts' agents at once, on the same controller CPUs.
 
 pyzmq is a compiled extension, so the bundle must match the host's Python and machine: it is
 copied from the controller's own installation when those match, and otherwise downloaded once
@@ -14,6 +16,7 @@ as wheels (pip, from the package index) into the controller's cache.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -43,11 +46,8 @@ class BootstrapError(RuntimeError):
 class HostChannel(Protocol):
     """What bootstrapping needs from the host's own connection."""
 
-    def run(self, command: str) -> tuple[int, bytes, bytes]:
-        """Run a shell command line on the host (no become)."""
-
-    def put(self, local: Path, remote: str) -> None:
-        """Copy a local file to a path on the host."""
+    def run(self, command: str, stdin: bytes | None = None) -> tuple[int, bytes, bytes]:
+        """Run a shell command line on the host (no become), feeding it `stdin`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,24 +88,28 @@ print(json.dumps({"python": "%d.%d" % sys.version_info[:2], "machine": platform.
                   "client": ssh[0] if ssh else ""}))
 """
 
+# Unpacks the bundle arriving on stdin (when the last argument says one follows; stdin may
+# be a terminal otherwise) into its directory, atomically: agents started concurrently from
+# the same remote directory never see half a bundle.
 _UNPACK = r"""
-import os, shutil, sys, tarfile, tempfile
-archive, target = sys.argv[1], sys.argv[2]
-os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
-work = tempfile.mkdtemp(dir=os.path.dirname(target), prefix=".unpack-")
-with tarfile.open(archive) as tar:
-    for member in tar.getmembers():
-        if member.name.startswith(("/", "..")) or "/../" in member.name or not (member.isfile() or member.isdir()):
-            sys.exit("unsafe member in bundle: %s" % member.name)
-    tar.extractall(work)
-open(os.path.join(work, ".complete"), "w").close()
-try:
-    os.rename(work, target)
-except OSError:
-    shutil.rmtree(work)
-    if not os.path.exists(os.path.join(target, ".complete")):
-        raise
-os.unlink(archive)
+import io, os, shutil, sys, tarfile, tempfile
+if sys.argv[7] == "bundle-on-stdin":
+    data = sys.stdin.buffer.read()
+    os.makedirs(os.path.dirname(lib), mode=0o700, exist_ok=True)
+    os.chmod(os.path.dirname(os.path.dirname(lib)), 0o700)
+    work = tempfile.mkdtemp(dir=os.path.dirname(lib), prefix=".unpack-")
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        for member in tar.getmembers():
+            if member.name.startswith(("/", "..")) or "/../" in member.name or not (member.isfile() or member.isdir()):
+                sys.exit("unsafe member in bundle: %s" % member.name)
+        tar.extractall(work)
+    open(os.path.join(work, ".complete"), "w").close()
+    try:
+        os.rename(work, lib)
+    except OSError:
+        shutil.rmtree(work)
+        if not os.path.exists(os.path.join(lib, ".complete")):
+            raise
 """
 
 # Runs with the bundle on sys.path.  Keeps a running agent that serves the same server with
@@ -113,6 +117,7 @@ os.unlink(archive)
 _START = r"""
 import json, os, signal, subprocess, sys
 lib, home, name, server, server_public, idle = sys.argv[1:7]
+""" + _UNPACK + r"""
 sys.path.insert(0, lib)
 from pathlib import Path
 from accelerator import keys
@@ -149,18 +154,13 @@ def start_agent(channel: HostChannel, plan: AgentPlan) -> str:
     """Make sure the agent runs on the host; return its public key (for enrollment)."""
     facts = probe(channel, plan)
     bundle = bundle_for(facts)
-    target = f"{facts.base}/lib/{bundle.id}"
-    if bundle.id not in facts.bundles:
-        remote_archive = f"{facts.base}/.bundle-{bundle.id}-{os.getpid()}-{threading.get_ident()}.tar"
-        _checked(channel, f"mkdir -p {shlex.quote(facts.base)} && chmod 700 {shlex.quote(facts.base)}",
-                 plan, "create the remote directory")
-        channel.put(bundle.path, remote_archive)
-        _checked(channel, _python_command(plan.python, _UNPACK, remote_archive, target), plan, "unpack the bundle")
+    present = bundle.id in facts.bundles
     address = plan.server_address or facts.client_address or "127.0.0.1"
     endpoint = f"tcp://{_bracket(address)}:{plan.server_port}"
     out = _checked(channel, _python_command(
-        plan.python, _START, target, f"{facts.base}/agents/{plan.name}", plan.name, endpoint,
-        plan.server_public, str(plan.idle_timeout)), plan, "start the agent")
+        plan.python, _START, f"{facts.base}/lib/{bundle.id}", f"{facts.base}/agents/{plan.name}", plan.name,
+        endpoint, plan.server_public, str(plan.idle_timeout), "" if present else "bundle-on-stdin",
+    ), plan, "unpack the bundle and start the agent", stdin=None if present else bundle.path.read_bytes())
     try:
         return str(json.loads(out.strip().splitlines()[-1])["public_key"])
     except (ValueError, KeyError, IndexError):
@@ -187,8 +187,8 @@ def _bracket(address: str) -> str:
     return f"[{address}]" if ":" in address else address
 
 
-def _checked(channel: HostChannel, command: str, plan: AgentPlan, step: str) -> str:
-    rc, out, err = channel.run(command)
+def _checked(channel: HostChannel, command: str, plan: AgentPlan, step: str, stdin: bytes | None = None) -> str:
+    rc, out, err = channel.run(command, stdin)
     if rc != 0:
         detail = (err or out).decode(errors="replace").strip()[-1000:]
         raise BootstrapError(f"{plan.name}: cannot {step} (rc={rc}): {detail}")
@@ -228,11 +228,11 @@ def _build_bundle(facts: HostFacts) -> Bundle:
         sources.extend(_dependency_trees(facts.python, facts.machine))
     data = _tar_bytes(sources)
     bundle_id = hashlib.sha256(data).hexdigest()[:16]
-    path = cache_dir() / f"{bundle_id}.tar"
+    path = cache_dir() / f"{bundle_id}.tar.gz"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f".{path.name}.{os.getpid()}")
-        partial.write_bytes(data)
+        partial.write_bytes(gzip.compress(data, mtime=0))
         os.replace(partial, path)
     return Bundle(bundle_id, path)
 

@@ -67,11 +67,45 @@ class Controller:
         self._agent_locks: dict[str, threading.Lock] = {}
         self._ready: set[str] = set()  # agents seen active by this process
         self._uploaded: set[str] = set()  # blobs the server has: no BLOB_HAS round trip per module run
+        self._server_starter: threading.Thread | None = None
+        self._server_error: ControllerError | None = None
 
     # -- server ----------------------------------------------------------------------------
 
+    def start_server(self) -> None:
+        """Make sure a server runs or is starting, without waiting for it to answer.
+
+        Its key pair exists when this returns (agents are given the public key at start), so
+        the hosts' agents can be bootstrapped while the server starts; whatever talks to the
+        server waits for it first (`client`).
+        """
+        home = self.settings.home
+        home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with self._lock:
+            if self._server_starter is not None:
+                return
+            with _file_lock(home / "server.lock"):
+                keys.write_keypair(home / "keys", "server")
+            self._server_starter = threading.Thread(target=self._start_server_or_note_error, name="server-start",
+                                                    daemon=True)
+            self._server_starter.start()
+
+    def wait_server(self) -> None:
+        """Return once the server answers; raise ControllerError when it could not be started."""
+        self.start_server()
+        assert self._server_starter is not None
+        self._server_starter.join()
+        if self._server_error is not None:
+            raise self._server_error
+
+    def _start_server_or_note_error(self) -> None:
+        try:
+            self.ensure_server()
+        except ControllerError as exc:
+            self._server_error = exc
+
     def ensure_server(self) -> None:
-        """Start a server in the background unless one answers on the control socket."""
+        """Start a server in the background unless one answers on the control socket; wait for it."""
         home = self.settings.home
         home.mkdir(parents=True, exist_ok=True, mode=0o700)
         if self._answers(timeout=0.5):
@@ -119,6 +153,8 @@ class Controller:
     def is_active(self, name: str) -> bool:
         if name in self._ready:
             return True
+        if self._server_starter is not None and self._server_starter.is_alive():
+            return False  # a server still starting has no agent yet; the caller bootstraps (or finds) it
         node = self.client().request(Kind.NODES)["nodes"].get(name) or {}
         if node.get("state") == "active":
             self._ready.add(name)
@@ -152,8 +188,10 @@ class Controller:
             self._pid = os.getpid()
             self._local = threading.local()
             self._ready = set()
+            self._server_starter = None  # the parent's thread: this process checks for itself
         client = getattr(self._local, "client", None)
         if client is None:
+            self.wait_server()
             client = self._local.client = Client(endpoint=control_endpoint_for(self.settings.home), timeout=30.0)
         return client
 
@@ -190,12 +228,12 @@ _controllers_lock = threading.Lock()
 
 
 def controller_for(settings: ServerSettings) -> Controller:
-    """The process-wide Controller for these settings (server started on first use)."""
+    """The process-wide Controller for these settings (its server started, maybe not yet up)."""
     with _controllers_lock:
         controller = _controllers.get(settings)
         if controller is None:
             controller = _controllers[settings] = Controller(settings)
-            controller.ensure_server()
+        controller.start_server()
         return controller
 
 
