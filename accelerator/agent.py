@@ -181,6 +181,9 @@ class Agent:
         idle = self.config.idle_timeout
         if idle is not None and self._busy == 0 and now - self._last_work > idle:
             log.info("idle for %.0f s; exiting", idle)
+            # Without a word the server would think this agent alive until its expiry, and hand it
+            # jobs meanwhile; told, it ends them at once as never started, so they can be resent.
+            self.connection.send(Message(Kind.GOODBYE, {"reason": f"idle for {idle:.0f} s"}).pack())
             self.stop()
 
     def hello(self) -> None:

@@ -28,6 +28,10 @@ class JobState(str, enum.Enum):
         return self not in (JobState.PENDING, JobState.SENT)
 
 
+# Starts the error of a LOST job its agent never began (it left before): safe to send again.
+NOT_STARTED_PREFIX = "not started:"
+
+
 class NodeState(str, enum.Enum):
     """Liveness of an agent as the server sees it."""
 

@@ -33,6 +33,7 @@ class Kind(str, enum.Enum):
     RESULT = "result"
     QUERY_VALUE = "query_value"
     BLOB_REQUEST = "blob_request"
+    GOODBYE = "goodbye"  # the agent is leaving (idle timeout): jobs sent to it now were never started
     # server -> agent
     WELCOME = "welcome"
     JOB = "job"

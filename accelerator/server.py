@@ -19,7 +19,7 @@ from typing import Any, Callable
 from accelerator import components, keys, protocol
 from accelerator.blobs import BlobDir, BlobError, check_sha
 from accelerator.paths import control_endpoint_for
-from accelerator.model import JobResult, JobSpec, JobState, NodeState
+from accelerator.model import NOT_STARTED_PREFIX, JobResult, JobSpec, JobState, NodeState
 from accelerator.protocol import Kind, Message, ProtocolError, require
 from accelerator.store import JobRecord, Store, open_store
 from accelerator.transport import Channel, Incoming, ServerTransport
@@ -106,6 +106,7 @@ class Server:
         self._agent_handlers: dict[Kind, Callable[[Incoming, Message], None]] = {
             Kind.HELLO: self.on_hello,
             Kind.HEARTBEAT: self.on_heartbeat,
+            Kind.GOODBYE: self.on_goodbye,
             Kind.RESULT: self.on_result,
             Kind.QUERY_VALUE: self.on_query_value,
             Kind.BLOB_REQUEST: self.on_blob_request,
@@ -256,6 +257,13 @@ class Server:
         if session is not None:
             # Liveness lives in the session; the store hears of a node when its state changes.
             self.transport.send(Channel.AGENTS, incoming.peer, _HEARTBEAT)
+
+    def on_goodbye(self, incoming: Incoming, msg: Message) -> None:
+        session = self._session_of(incoming)
+        if session is not None:
+            reason = str(msg.data.get("reason", "no reason given"))
+            log.info("agent %s left (%s); %d jobs sent to it not started", session.name, reason, len(session.inflight))
+            self._drop(session, f"{NOT_STARTED_PREFIX} agent {session.name} left ({reason}) before running the job")
 
     def on_result(self, incoming: Incoming, msg: Message) -> None:
         session = self._session_of(incoming)

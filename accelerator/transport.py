@@ -231,5 +231,5 @@ class DealerConnection:
 
     def close(self) -> None:
         if self._socket is not None:
-            self._socket.close(linger=0)
+            self._socket.close(linger=LINGER_MS)  # a last word (GOODBYE) still goes out
         self._outbox.close(linger=0)

@@ -117,7 +117,7 @@ from ansible_collections.directord.accelerator.plugins.plugin_utils import engin
 from accelerator import bootstrap, controller
 from accelerator.components.ansible import cache_blob
 from accelerator.components.remote import INLINE_BYTES
-from accelerator.model import JobResult, JobState
+from accelerator.model import NOT_STARTED_PREFIX, JobResult, JobState
 
 display = Display()
 
@@ -287,6 +287,12 @@ class Connection(ConnectionBase):
              check: bool = False) -> JobResult:
         assert self._controller is not None
         result = self._controller.run(self._agent, verb, args, uploads=uploads)
+        if result.state is JobState.LOST and result.error.startswith(NOT_STARTED_PREFIX):
+            # The agent left (idle timeout) as the job reached it, so the job never ran: start a
+            # new agent and send it again, once.
+            self._connected = False
+            self._connect()
+            result = self._controller.run(self._agent, verb, args, uploads=uploads)
         if result.state is JobState.LOST:
             raise AnsibleConnectionFailure(f"directord agent {self._agent} went away: {result.error}")
         if result.state is not JobState.SUCCESS and (check or verb in ("EXEC", "ANSIBLE")):
@@ -336,11 +342,8 @@ class _Channel:
     def __init__(self, connection: ConnectionBase) -> None:
         self.connection = connection
 
-    def run(self, command: str) -> tuple[int, bytes, bytes]:
-        return self.connection.exec_command(command, sudoable=False)
-
-    def put(self, local: Path, remote: str) -> None:
-        self.connection.put_file(str(local), remote)
+    def run(self, command: str, stdin: bytes | None = None) -> tuple[int, bytes, bytes]:
+        return self.connection.exec_command(command, in_data=stdin, sudoable=False)
 
 
 def _first_option(connection: ConnectionBase, *names: str) -> Any:
