@@ -94,6 +94,16 @@ _serialise_ast_parse()
 module_cache.install()
 
 
+@functools.cache
+def _agent_class_by_loader(connection_loader: PluginLoader) -> Any:
+    return connection_loader.get(AGENT_CONNECTION, class_only=True)
+
+
+def _agent_class(shared_loader: Any) -> Any:
+    """The agent connection class, looked up once (the loader's search costs per task and host)."""
+    return _agent_class_by_loader(shared_loader.connection_loader)
+
+
 class AgentTaskExecutor(TaskExecutor):
     """TaskExecutor whose connection is the host's agent, wrapped around the host's own connection.
 
@@ -106,8 +116,7 @@ class AgentTaskExecutor(TaskExecutor):
 
     def _get_connection(self, cvars: dict[str, Any], templar: Templar, current_connection: str) -> Any:
         inner = super()._get_connection(cvars, templar, current_connection)
-        agent_class = self._shared_loader_obj.connection_loader.get(AGENT_CONNECTION, class_only=True)
-        if inner.transport == AGENT_CONNECTION or not agent_class.accelerates(inner):
+        if inner.transport == AGENT_CONNECTION or not _agent_class(self._shared_loader_obj).accelerates(inner):
             return inner
         agent = self._shared_loader_obj.connection_loader.get(
             AGENT_CONNECTION, self._play_context, task_uuid=self._task._uuid, ansible_playbook_pid=str(os.getpid())
