@@ -37,6 +37,9 @@ TRANSFER_STALL_SECONDS = 120.0
 MAX_REMEMBERED_FAILURES = 10_000
 
 
+PIDFILE = "agent.pid"  # in the agent's home, written by accelerator.bootstrap's start-up script
+
+
 @dataclass(slots=True)
 class AgentConfig:
     server: str
@@ -181,10 +184,22 @@ class Agent:
         idle = self.config.idle_timeout
         if idle is not None and self._busy == 0 and now - self._last_work > idle:
             log.info("idle for %.0f s; exiting", idle)
-            # Without a word the server would think this agent alive until its expiry, and hand it
-            # jobs meanwhile; told, it ends them at once as never started, so they can be resent.
+            # First the pidfile: a bootstrap that finds this process still alive must start a new
+            # agent, not trust one that is leaving.  Then the server: without a word it would think
+            # this agent alive until its expiry, and hand it jobs meanwhile; told, it ends them at
+            # once as never started, so they can be resent.
+            self._release_pidfile()
             self.connection.send(Message(Kind.GOODBYE, {"reason": f"idle for {idle:.0f} s"}).pack())
             self.stop()
+
+    def _release_pidfile(self) -> None:
+        """Remove the pidfile the bootstrap wrote for this process (not a newer agent's)."""
+        path = self.config.home / PIDFILE
+        try:
+            if int(path.read_text().split()[0]) == os.getpid():
+                path.unlink()
+        except (OSError, ValueError, IndexError):
+            pass
 
     def hello(self) -> None:
         self.connection.send(Message(Kind.HELLO, {

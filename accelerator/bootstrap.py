@@ -125,7 +125,7 @@ home = Path(home)
 home.mkdir(parents=True, exist_ok=True, mode=0o700)
 pair = keys.write_keypair(home / "keys", "agent")
 (home / "keys" / "server.pub").write_text(server_public + "\n")
-pidfile = home / "agent.pid"
+pidfile = home / "agent.pid"  # accelerator.agent.PIDFILE; the agent removes it when it leaves
 wanted = " ".join([lib, server, server_public])
 running = False
 try:

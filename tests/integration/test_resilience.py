@@ -68,16 +68,21 @@ def test_agent_killed_mid_job_is_lost_after_expiry_and_others_finish(
 def test_an_agent_leaving_on_its_idle_timeout_is_gone_at_once_not_after_expiry(
     make_cluster: Callable[..., Cluster],
 ) -> None:
-    """It says goodbye, so the server stops counting it as active right away: a controller asking
-    in the seconds before expiry would otherwise send it jobs that nobody runs."""
+    """It removes its pidfile (a bootstrap must not keep an agent that is leaving) and says goodbye,
+    so the server stops counting it as active right away: a controller asking in the seconds before
+    expiry would otherwise send it jobs that nobody runs."""
     cluster = make_cluster(agents=(), expiry=30.0)
-    idle = cluster.start_agent("idler", extra=["--idle-timeout", "1"])
+    idle = cluster.start_agent("idler", extra=["--idle-timeout", "2"])
+    # as accelerator.bootstrap writes it: a bootstrap finding the pid alive keeps the agent
+    pidfile = cluster.agent_home("idler") / "agent.pid"
+    pidfile.write_text(f"{idle.popen.pid}\nlib server key\n")
     cluster.wait_active("idler")
+    wait_for(lambda: not pidfile.exists(), 15.0, "the leaving agent to remove its pidfile")
     wait_for(lambda: not idle.alive(), 15.0, "the agent to exit on its idle timeout")
     exited_at = time.monotonic()
     cluster.wait_state("idler", "expired", timeout=5.0)
     assert time.monotonic() - exited_at < 5.0 < cluster.expiry  # not by expiry: by its word
-    assert "left (idle for 1 s)" in cluster.logs()
+    assert "left (idle for 2 s)" in cluster.logs()
 
 
 def test_agent_restarted_mid_job_reports_it_lost_and_does_not_rerun_it(
