@@ -312,7 +312,13 @@ class Agent:
     def _run_component(self, spec: JobSpec) -> JobResult:
         try:
             component = components.get(spec.verb)
-            return component.execute(spec.args, JobContext(self, spec))
+            args = spec.args
+            if spec.run_as and spec.run_as not in _own_user_names():
+                if spec.verb != "RUN":
+                    return JobResult.failure(f"{spec.verb}: the job must run as {spec.run_as!r} (become), and this "
+                                             f"agent runs as {_own_user_names()[0]!r}; only RUN can switch user (sudo)")
+                args = {**args, "become_user": spec.run_as}
+            return component.execute(args, JobContext(self, spec))
         except ComponentError as exc:
             return JobResult.failure(str(exc))
         except Exception as exc:  # a verb bug must fail the job, not the agent
@@ -446,3 +452,14 @@ class Agent:
                 self._zygote = zygote.Zygote(self.config.home / "zygote")
                 self._zygote.start()
             return self._zygote
+
+
+def _own_user_names() -> tuple[str, ...]:
+    """This process's user, by name and by id (a job may name either)."""
+    import pwd
+
+    uid = os.geteuid()
+    try:
+        return (pwd.getpwuid(uid).pw_name, str(uid))
+    except KeyError:
+        return (str(uid),)

@@ -62,6 +62,7 @@ class JobSpec:
     blobs: list[str] = field(default_factory=list)  # sha256 of content the agent must fetch first
     label: str = ""  # a human name for listings (the original orchestration line)
     async_parent: bool = False  # run this parent beside others instead of in the agent's serial queue
+    run_as: str = ""  # the user the job must run as (Ansible's become); empty: the agent's own user
 
     def to_wire(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}

@@ -17,9 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from accelerator import components
+from accelerator import components, yamlfile
 from accelerator.components.base import ComponentError
 from accelerator.model import JobSpec, new_id
 
@@ -30,25 +28,6 @@ class OrchestrationError(ValueError):
     """A broken orchestration; the text starts with FILE:LINE."""
 
 
-class _Mapping(dict):  # type: ignore[type-arg]
-    """A YAML map that remembers the line it started on."""
-
-    line = 0
-
-
-class _LineLoader(yaml.SafeLoader):
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        mapping = _Mapping(super().construct_mapping(node, deep=deep))
-        mapping.line = node.start_mark.line + 1
-        return mapping
-
-
-_LineLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-    lambda loader, node: loader.construct_mapping(node, deep=True),
-)
-
-
 @dataclass(slots=True)
 class Plan:
     """Everything needed to run a file: the jobs in order and the files to upload first."""
@@ -57,17 +36,20 @@ class Plan:
     uploads: dict[str, Path] = field(default_factory=dict)
 
 
+def is_service_file(path: Path) -> bool:
+    """True for a service file (a map with `service:`), which the graph runner runs instead."""
+    try:
+        document = yamlfile.load(path)
+    except yamlfile.YamlFileError:
+        return False
+    return isinstance(document, dict) and "service" in document
+
+
 def load(path: Path, *, targets_override: list[str] | None = None) -> Plan:
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise OrchestrationError(f"{path}: cannot read: {exc.strerror}") from None
-    try:
-        document = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise OrchestrationError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        document = yamlfile.load(path)
+    except yamlfile.YamlFileError as exc:
+        raise OrchestrationError(str(exc)) from None
     if not isinstance(document, list):
         raise OrchestrationError(f"{path}:1: expected a list of orchestrations")
     plan = Plan()
