@@ -49,6 +49,18 @@ def _add() -> type[Component]:
     return Add
 
 
+def _file() -> type[Component]:
+    from accelerator.components.file import File
+
+    return File
+
+
+def _write() -> type[Component]:
+    from accelerator.components.write import Write
+
+    return Write
+
+
 def _wait() -> type[Component]:
     from accelerator.components.wait import Wait
 
@@ -98,6 +110,8 @@ REGISTRY: dict[str, Callable[[], type[Component]]] = {
     "QUERY": _query,
     "COPY": _copy,
     "ADD": _add,
+    "FILE": _file,
+    "WRITE": _write,
     "WAIT": _wait,
     "SERVICE": _service,
     "PKG": _pkg,

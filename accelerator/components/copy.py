@@ -189,7 +189,11 @@ def _checked_target(dest: str, relative: str, roots: tuple[Path, ...]) -> Path:
         raise _Refused(f"destination {dest!r} must be an absolute path")
     if dest.endswith("/") or os.path.isdir(dest):
         dest = posixpath.join(dest, relative)
-    real = Path(os.path.realpath(dest))
+    return _below_roots(dest, Path(os.path.realpath(dest)), roots)
+
+
+def _below_roots(dest: str, real: Path, roots: tuple[Path, ...]) -> Path:
+    """`real` (what `dest` resolves to) if it is strictly below an allowed root, else _Refused."""
     real_roots = [Path(os.path.realpath(root)) for root in roots]
     if not any(real != root and real.is_relative_to(root) for root in real_roots):
         allowed = ", ".join(str(root) for root in real_roots) or "none configured"
