@@ -11,23 +11,25 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.11",
     packages=find_packages(include=["accelerator", "accelerator.*", "converters", "converters.*"]),
-    package_data={"accelerator": ["py.typed"]},
+    package_data={"accelerator": ["py.typed", "schemas/*.json"]},
     install_requires=[
         "pyzmq>=25",
         "msgpack>=1.0",
         "PyYAML>=6",
         "networkx>=3",
         "jinja2>=3",
+        "jsonschema>=4.18",
     ],
     extras_require={
-        "ansible": ["ansible-core>=2.19,<2.22"],
+        "ansible": ["ansible-core>=2.19,<2.22", "ansible-runner>=2.3"],
         "redis": ["redis>=5"],
-        "test": ["pytest>=8", "ansible-core>=2.19,<2.22", "redis>=5"],
+        "test": ["pytest>=8", "ansible-core>=2.19,<2.22", "ansible-runner>=2.3", "redis>=5"],
         "bench": ["mitogen>=0.3.20"],  # Directord 0.12.0 goes into its own venv: it would shadow our `directord`
     },
     entry_points={
         "console_scripts": [
             "directord=accelerator.cli:main",
+            "convert-role=converters.cli:main",
         ],
     },
 )

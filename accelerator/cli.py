@@ -102,6 +102,13 @@ def cmd_exec(args: argparse.Namespace) -> int:
 def cmd_orchestrate(args: argparse.Namespace) -> int:
     from accelerator import orchestration  # PyYAML: not needed by the server or agents
 
+    if args.inventory or any(orchestration.is_service_file(Path(p)) for p in args.files):
+        from accelerator.graph import command
+
+        try:
+            return command.orchestrate(args)
+        except command.GraphUsageError as exc:
+            raise UsageError(str(exc)) from None
     specs: list[JobSpec] = []
     uploads: dict[str, Path] = {}
     for path in args.files:
@@ -301,7 +308,25 @@ def build_parser() -> argparse.ArgumentParser:
             job.add_argument("exec", nargs="+", metavar="ARGS",
                              help="the verb's arguments, quoted as one string: 'echo hello'")
         else:
-            job.add_argument("files", nargs="+")
+            job.add_argument("files", nargs="*", help="orchestration files, or service files (see --inventory)")
+            job.add_argument("-i", "--inventory", type=Path,
+                             help="services: which hosts run which services (loads the services it lists)")
+            job.add_argument("--dry-run", action="store_true", help="services: print the plan and the graph, run nothing")
+            job.add_argument("--graph", choices=("text", "dot", "svg"), default="text",
+                             help="services: how --dry-run draws the graph")
+            job.add_argument("--restart", action="store_true",
+                             help="services: forget the checkpoints of an earlier failed run and start over")
+            job.add_argument("--checkpoints", metavar="STORE",
+                             help="services: where finished tasks are checkpointed (default sqlite:///HOME/checkpoints.db)")
+            job.add_argument("-e", "--extra-vars", action="append", default=[], metavar="K=V|@FILE|JSON",
+                             help="services: variables above all others, as ansible-playbook -e")
+            job.add_argument("--name", default="", help="services: the run's checkpoint name (default: from services and hosts)")
+            job.add_argument("--tags", action="append", default=[], help="services: only tasks with these tags (comma-separated)")
+            job.add_argument("--skip-tags", action="append", default=[], help="services: skip tasks with these tags")
+            job.add_argument("-C", "--check", action="store_true", help="services: check mode, as ansible-playbook --check")
+            job.add_argument("--rollback-on-failure", action="store_true",
+                             help="services: when a host fails, run the rollback jobs of the failed service's "
+                                  "finished tasks on it, last first")
         job.add_argument("--target", action="append", help="agent name (repeatable; default all active)")
         job.add_argument("--no-wait", action="store_true", help="print job ids and return")
         job.add_argument("--wait-timeout", type=float, help="give up waiting after this many seconds")

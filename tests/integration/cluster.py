@@ -192,8 +192,9 @@ class Cluster:
                 raise AssertionError(f"agent {name} never became {state}: {self.nodes().get(name)}")
             time.sleep(0.1)
 
-    def directord(self, *args: str, check: bool = False, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-        return cli(*args, home=self.home, check=check, timeout=timeout)
+    def directord(self, *args: str, check: bool = False, timeout: float = 60.0,
+                  env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return cli(*args, home=self.home, check=check, timeout=timeout, env=env)
 
     def stop(self) -> None:
         """SIGTERM every process first, then wait for each: they wind down side by side."""

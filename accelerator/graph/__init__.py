@@ -1,0 +1,1 @@
+"""The graph runner: services of tasks, ordered by what they provide and require, run on agents."""
