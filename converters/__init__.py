@@ -1,0 +1,1 @@
+"""convert-role: Ansible roles in, services (accelerator.graph's format) and a coverage report out."""
