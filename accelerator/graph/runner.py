@@ -109,7 +109,7 @@ class HostState:
 
     # -- variables --------------------------------------------------------------------------
 
-    def variables(self, task: Task, extra: dict[str, Any]) -> dict[str, Any]:
+    def variables(self, task: Task, extra: dict[str, Any], current: dict[str, Any] | None = None) -> dict[str, Any]:
         service = self.runner.services[task.service]
         layers: dict[str, Any] = {}
         for required in self.runner.required_services(service):
@@ -125,6 +125,7 @@ class HostState:
         layers.update(extra)
         layers.update(self.included)
         layers.update(self.set_facts_)
+        layers.update(current or {})  # the result being judged, under its register name
         layers.update(trusted(self.runner.options.extra_vars))
         layers.update(self.runner.magic(self, service))
         return layers
@@ -166,7 +167,7 @@ class HostState:
     def build_job(self, task: Task, verb: str, args: Any, base_dir: Path, env: dict[str, str],
                   delegate: str | None, run_as: str = "") -> Submit:
         try:
-            parsed = components.get(verb).parse(args if args is not None else "", base_dir=base_dir)
+            parsed = self.runner.parse_job(verb, args, base_dir)
         except ComponentError as exc:
             if verb != "FILE" or not isinstance(args, dict):
                 raise steps.StepError(str(exc)) from None
@@ -263,6 +264,7 @@ class Runner:
         self.once_results: dict[str, dict[str, Any]] = {}  # run_once task id -> its result
         self.async_jobs: dict[str, dict[str, Any] | None] = {}  # async jid -> registered result once in
         self.background: dict[str, tuple[str, str, Any]] = {}  # job id -> (jid, agent, result converter)
+        self._parsed: dict[str, Any] = {}  # ANSIBLE job arguments -> their parse (the payload is costly)
         self.run_name = self.options.name or self._default_name()
 
     # -- set-up -----------------------------------------------------------------------------
@@ -449,6 +451,15 @@ class Runner:
             heapq.heappush(self.timers, (time.monotonic() + request.seconds, id(current), current))
             return
         self._submit(current, request)
+
+    def parse_job(self, verb: str, args: Any, base_dir: Path) -> Any:
+        """A job's controller-side parse; ANSIBLE's (building the module payload) once per distinct arguments."""
+        if verb != "ANSIBLE":
+            return components.get(verb).parse(args if args is not None else "", base_dir=base_dir)
+        key = json.dumps([args, str(base_dir)], sort_keys=True, default=str)
+        if key not in self._parsed:
+            self._parsed[key] = components.get(verb).parse(args, base_dir=base_dir)
+        return self._parsed[key]
 
     def start_background(self, host: HostState, jid: str, submit: Submit, registered: Any) -> None:
         """An async task with poll 0: submitted now, its result kept for async_status."""

@@ -90,7 +90,8 @@ class HostEnv(Protocol):
 
     def agent_for(self, host: str) -> str: ...
 
-    def variables(self, task: Task, extra: dict[str, Any]) -> dict[str, Any]: ...
+    def variables(self, task: Task, extra: dict[str, Any], current: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The host's variables for `task`; `current` (a result under its register name) wins over earlier ones."""
 
     def service(self, name: str) -> Service: ...
 
@@ -405,7 +406,7 @@ def _judge(env: HostEnv, task: Task, keywords: dict[str, Any], extra: dict[str, 
 
 def _bound(env: HostEnv, task: Task, keywords: dict[str, Any], extra: dict[str, Any], result: dict[str, Any]) -> Evaluator:
     name = keywords.get("register")
-    return Evaluator(env.variables(task, {**extra, **({name: result} if name else {})}))
+    return Evaluator(env.variables(task, extra, {name: result} if name else None))
 
 
 def _run_jobs(env: HostEnv, task: Task, keywords: dict[str, Any], evaluator: Evaluator) -> Steps:

@@ -269,3 +269,23 @@ def test_an_unconverted_role_runs_as_a_graph_node_through_ansible_playbook(clust
                 os.kill(int(pidfile.read_text().split()[0]), signal.SIGTERM)
             except (OSError, ValueError):
                 pass
+
+
+def test_a_reused_register_name_is_judged_on_the_new_result(cluster: Cluster, tmp_path: Path) -> None:
+    service = write(tmp_path / "s.yaml", """\
+        service: reuse
+        tasks:
+          - id: first
+            register: result
+            failed_when: false
+            jobs: [{RUN: "exit 1"}]
+          - id: second
+            requires: [first]
+            register: result
+            failed_when: result.rc != 0
+            changed_when: result.rc == 5
+            jobs: [{RUN: "exit 0"}]
+        """)
+    done = orchestrate(cluster, str(service), "--target", "a1", "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [(r["task"], r["status"]) for r in records(done)] == [("reuse.first", "changed"), ("reuse.second", "ok")]
