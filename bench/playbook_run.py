@@ -51,7 +51,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -394,12 +394,16 @@ def first_difference(left: dict[str, Any], right: dict[str, Any]) -> str:
     return "none"
 
 
-def check_outcome(bench: Bench, what: str, code: int, output: str, root: Path) -> None:
-    """Raise RunFailed unless the run succeeded on every host and left what the first run left."""
+def check_outcome(bench: Bench, what: str, code: int, output: str, root: Path,
+                  parse: Callable[[str], dict[str, dict[str, int]]] = parse_recap) -> None:
+    """Raise RunFailed unless the run succeeded on every host and left what the first run left.
+
+    `parse` reads the per-host counters from the run's output (default: ansible-playbook's recap).
+    """
     tail = output[-3000:]
-    recap = parse_recap(output)
+    recap = parse(output)
     if code != 0:
-        raise RunFailed(f"{what}: ansible-playbook exited {code}:\n{tail}")
+        raise RunFailed(f"{what}: exited {code}:\n{tail}")
     if sorted(recap) != sorted(bench.hostnames):
         raise RunFailed(f"{what}: recap lists {len(recap)} hosts, expected {len(bench.hostnames)}:\n{tail}")
     bad = {host: counts for host, counts in recap.items() if counts.get("failed") or counts.get("unreachable")}
@@ -429,26 +433,39 @@ def cpu_readings(bench: Bench, contender: str, ours: dict[str, int]) -> dict[str
             "server": process_cpu(ours.get(SERVER)), "busy": system_busy_seconds(), "self": own_cpu_seconds()}
 
 
-def run_once(bench: Bench, contender: str, label: str, env: dict[str, str]) -> Measurement:
-    """One ansible-playbook run on a fresh root, measured, then checked (checks are not timed)."""
+def root_of(bench: Bench, contender: str, label: str) -> Path:
+    """The root directory the hosts write below in this contender's run `label`."""
+    return bench.work / "roots" / f"{contender}-{label.replace(' ', '')}"
+
+
+def run_once(bench: Bench, contender: str, label: str, env: dict[str, str], *,
+             command: Callable[[Path], list[str]] | None = None,
+             parse: Callable[[str], dict[str, dict[str, int]]] = parse_recap,
+             root: Path | None = None) -> Measurement:
+    """One ansible-playbook run on a fresh root, measured, then checked (checks are not timed).
+
+    `command(root)` gives another command line to run and measure instead (its preparation is not
+    timed), `parse` reads its output's recap; `root` runs again on an existing root.
+    """
     name = f"{contender}-{label.replace(' ', '')}"
-    root = bench.work / "roots" / name
-    root.mkdir(parents=True)
-    root.chmod(0o777)  # the login user writes here
+    if root is None:
+        root = root_of(bench, contender, label)
+        root.mkdir(parents=True)
+        root.chmod(0o777)  # the login user writes here
+    argv = command(root) if command else [ansible_playbook(), "-i", str(bench.inventory), str(bench.playbook),
+                                          "-e", f"root={root}"]
     group = bench.monitor.group(contender)  # created before its first CPU reading
     before = track_ours(bench, contender)
     readings = cpu_readings(bench, contender, before)
     group.reset_peaks()
     started = time.monotonic()
-    popen = bench.launcher.start(contender, name, [
-        sys.executable, "-S", "-c", AS_SUBREAPER, ansible_playbook(), "-i", str(bench.inventory),
-        str(bench.playbook), "-e", f"root={root}"], env=env)
+    popen = bench.launcher.start(contender, name, [sys.executable, "-S", "-c", AS_SUBREAPER, *argv], env=env)
     code = bench.launcher.wait(popen, timeout=RUN_TIMEOUT)
     wall = time.monotonic() - started
     after = track_ours(bench, contender)  # a cold run started them: all their CPU belongs to this run
     spent = {key: value - readings[key] for key, value in cpu_readings(bench, contender, after).items()}
     output = (bench.launcher.log_dir / f"{name}.log").read_text(errors="replace")
-    check_outcome(bench, f"{contender} {label}", code, output, root)
+    check_outcome(bench, f"{contender} {label}", code, output, root, parse)
     ours = contender.startswith("ours")
     started_agents = check_agents(bench, contender, label, before, after) if ours else None
     return Measurement(
@@ -459,26 +476,34 @@ def run_once(bench: Bench, contender: str, label: str, env: dict[str, str]) -> M
 
 
 def check_agents(bench: Bench, contender: str, label: str, before: dict[str, int], after: dict[str, int]) -> int:
-    """Ours must end with one agent per host; a warm run must start none, a cold run all of them.
+    """Ours must end with one agent per host; a warm run must start none, a cold run all of them,
+    a warm-up run those that were not running yet.
 
     Returns how many agents the run started.
     """
     running = {name: pid for name, pid in after.items() if name != SERVER}
     started = sum(1 for name, pid in running.items() if before.get(name) != pid)
     hosts = len(bench.hostnames)
-    wanted = hosts if contender == "ours-cold" or label == "warmup" else 0
+    wanted = (hosts if contender == "ours-cold" else
+              hosts - sum(1 for name in before if name != SERVER) if label == "warmup" else 0)
     if len(running) != hosts or started != wanted:
         raise RunFailed(f"{contender} {label}: {len(running)} agents running after the run (expected {hosts}), "
                         f"{started} started during it (expected {wanted})")
     return started
 
 
-def measure_contender(bench: Bench, contender: str, runs: int, idle_wait: float) -> list[Measurement]:
-    """The warm-up run, then `runs` timed runs (the first element is the warm-up)."""
-    env = contender_env(bench, contender)
+def measure_contender(bench: Bench, contender: str, runs: int, idle_wait: float, *,
+                      env: dict[str, str] | None = None, command: Callable[[Path], list[str]] | None = None,
+                      parse: Callable[[str], dict[str, dict[str, int]]] = parse_recap) -> list[Measurement]:
+    """The warm-up run, then `runs` timed runs (the first element is the warm-up).
+
+    env, command and parse: as for run_once (default env: the contender's Ansible settings).
+    """
+    env = env if env is not None else contender_env(bench, contender)
+    how = {"command": command, "parse": parse}
     print(f"{contender}: warm-up run ...", file=sys.stderr, flush=True)
     try:
-        measured = [run_once(bench, contender, "warmup", env)]
+        measured = [run_once(bench, contender, "warmup", env, **how)]
     except RunFailed as exc:
         if contender == "mitogen":  # mitogen not working with this Ansible is a finding, not our failure
             raise ContenderUnavailable(f"mitogen_linear failed its warm-up run: {exc}") from exc
@@ -488,7 +513,7 @@ def measure_contender(bench: Bench, contender: str, runs: int, idle_wait: float)
             reset_cold(bench)
         busy = wait_for_idle(idle_wait)
         print(f"{contender}: run {run}/{runs} (machine busy before: {busy:.2f} cores) ...", file=sys.stderr, flush=True)
-        result = run_once(bench, contender, f"run {run}", env)
+        result = run_once(bench, contender, f"run {run}", env, **how)
         measured.append(result)
         print(f"  {result.wall:.2f} s, controller CPU {result.cpu_controller:.2f} s, host CPU "
               f"{result.cpu_hosts:.2f} s, peak RSS {result.peak_rss_mb:.1f} MB", file=sys.stderr, flush=True)
@@ -546,11 +571,12 @@ def summarize(runs: list[Measurement]) -> dict[str, Any]:
     }
 
 
-def ratios(summary: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+def ratios(summary: dict[str, dict[str, Any]],
+           pairs: Iterable[tuple[str, str]] = RATIO_PAIRS) -> dict[str, dict[str, float]]:
     """Theirs divided by ours for each pair measured: above 1 means ours is faster or leaner."""
     return {f"{theirs}/{ours}": {key: summary[theirs][key] / summary[ours][key] for key in RATIO_FIGURES
                                  if summary[ours][key]}
-            for theirs, ours in RATIO_PAIRS if theirs in summary and ours in summary}
+            for theirs, ours in pairs if theirs in summary and ours in summary}
 
 
 def fmt(value: float | None, digits: int = 2) -> str:
@@ -583,10 +609,10 @@ def report_text(summary: dict[str, dict[str, Any]], found: dict[str, dict[str, f
     return "\n".join(lines)
 
 
-def reproduce_command() -> str:
+def reproduce_command(script: str = "bench/playbook_run.py") -> str:
     python = Path(sys.executable)
     shown = python.relative_to(REPO) if python.is_relative_to(REPO) else python
-    return f"cd {REPO} && {shown} bench/playbook_run.py {shlex.join(sys.argv[1:])}".rstrip()
+    return f"cd {REPO} && {shown} {script} {shlex.join(sys.argv[1:])}".rstrip()
 
 
 def code_revision() -> str:
