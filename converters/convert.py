@@ -51,6 +51,9 @@ def convert(role_path: Path) -> Conversion:
     except (RoleFileError, TaskError, ValueError) as exc:
         conversion.error = str(exc)
         return conversion
+    except Exception as exc:  # noqa: BLE001 - one role's surprise must not stop a whole tree
+        conversion.error = f"{role_path}: convert-role could not convert this role ({type(exc).__name__}: {exc})"
+        return conversion
     conversion.assets = [role_path, *role.included_roles.values()]
     seen: set[str] = set()
     conversion.rows = [row for row in conversion.rows if not (row.source in seen or seen.add(row.source))]  # type: ignore[func-returns-value]

@@ -63,7 +63,8 @@ def effects(task: dict[str, Any]) -> Effects:
         for child in task.get(part) or []:
             found.merge(effects(child))
     found.reads -= local
-    found.reads -= set(task.get("vars") or {})
+    own_vars = task.get("vars")
+    found.reads -= set(own_vars) if isinstance(own_vars, dict) else set()
     return found
 
 

@@ -140,6 +140,8 @@ class Translator:
                 value = data[key]
                 if key in ("when", "changed_when", "failed_when", "until") and isinstance(value, str):
                     value = [value] if key == "when" else value
+                if key == "vars" and isinstance(value, list):  # the old list-of-maps form, merged as Ansible does
+                    value = {k: v for item in value if isinstance(item, dict) for k, v in item.items()}
                 if key in ("tags", "listen") and isinstance(value, str):
                     value = [part.strip() for part in value.split(",")]
                 out[key] = value

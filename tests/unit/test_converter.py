@@ -183,3 +183,15 @@ def test_the_written_service_loads_and_validates(tmp_path: Path) -> None:
     assert loaded.defaults == {"port": 80} and loaded.handlers[0].name == "restart app"
     assert (out / "templates" / "app.j2").read_text() == "port={{ port }}\n"
     assert yaml.safe_load((out / "service.yaml").read_text())["tasks"][0]["notify"] == ["restart app"]
+
+
+def test_old_list_form_task_vars_are_merged_as_ansible_merges_them(tmp_path: Path) -> None:
+    role = make_role(tmp_path, "oldvars", """\
+        - name: uses list vars
+          debug: {msg: "{{ a }}{{ b }}"}
+          vars:
+            - a: 1
+            - b: 2
+        """)
+    [task] = convert(role).document["tasks"]
+    assert task["vars"] == {"a": 1, "b": 2}
