@@ -19,8 +19,7 @@ class GraphUsageError(ValueError):
 
 
 def orchestrate(args: argparse.Namespace) -> int:
-    services, hosts = _load(args)
-    graph = dag.build(services)
+    services, hosts, graph = _load(args)
     if args.dry_run:
         _print_plan(args, graph, hosts)
         return 0
@@ -35,14 +34,15 @@ def orchestrate(args: argparse.Namespace) -> int:
     try:
         with Client(args.home, timeout=args.request_timeout) as client:
             progress = sys.stderr if args.json else sys.stdout  # keep stdout pure JSON
-            report = Runner(services, hosts, client, store, options, out=progress).run()
+            report = Runner(services, hosts, client, store, options, out=progress, graph=graph).run()
     finally:
         store.close()
     _print_recap(report, args.json)
     return 0 if report.ok else 1
 
 
-def _load(args: argparse.Namespace) -> tuple[list[service.Service], inventory.Inventory]:
+def _load(args: argparse.Namespace) -> tuple[list[service.Service], inventory.Inventory, Any]:
+    """The services, the inventory, and the graph (built here once: it is also the last check)."""
     try:
         hosts = inventory.load(args.inventory) if args.inventory else None
         files = [Path(p) for p in args.files] + (hosts.service_files if hosts else [])
@@ -60,10 +60,10 @@ def _load(args: argparse.Namespace) -> tuple[list[service.Service], inventory.In
             raise GraphUsageError("say where the services run: --inventory FILE, or --target AGENT (repeatable)")
         hosts = inventory.for_agents(args.target, names)
     try:
-        dag.build(services)
+        graph = dag.build(services)
     except service.ServiceError as exc:
         raise GraphUsageError(str(exc)) from None
-    return services, hosts
+    return services, hosts, graph
 
 
 def _print_plan(args: argparse.Namespace, graph: Any, hosts: inventory.Inventory) -> None:

@@ -112,14 +112,15 @@ class HostState:
     def variables(self, task: Task, extra: dict[str, Any], current: dict[str, Any] | None = None) -> dict[str, Any]:
         service = self.runner.services[task.service]
         layers: dict[str, Any] = {}
-        for required in self.runner.required_services(service):
+        required_services = self.runner.required_services(service)
+        for required in required_services:
             layers.update(trusted(required.defaults))
         layers.update(trusted(service.defaults))
         layers.update(trusted(self.host.vars))
         layers.update(self.facts)
         if self.facts:
             layers["ansible_facts"] = {k.removeprefix("ansible_"): v for k, v in self.facts.items()}
-        for required in self.runner.required_services(service):
+        for required in required_services:
             layers.update(trusted(required.vars))
         layers.update(trusted(service.vars))
         layers.update(extra)
@@ -239,14 +240,14 @@ class _Unit:
 
 class Runner:
     def __init__(self, services: list[Service], inventory: Inventory, client: Client, store: Store,
-                 options: RunOptions | None = None, out: TextIO = sys.stdout) -> None:
+                 options: RunOptions | None = None, out: TextIO = sys.stdout, graph: nx.DiGraph | None = None) -> None:
         self.services = {service.name: service for service in services}
         self.inventory = inventory
         self.client = client
         self.store = store
         self.options = options or RunOptions()
         self.out = out
-        self.graph = dag.build(services)
+        self.graph = graph if graph is not None else dag.build(services)
         self.order = dag.order(self.graph)
         self._check_services()
         for host in inventory.hosts.values():  # a service's requirements run on its hosts first
